@@ -1,0 +1,33 @@
+# The two commands: `make bench` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# Override for a CUDA machine: make bench TORCH=torch
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.samplerbench-installed
+
+.PHONY: venv bench test perf clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	# pin whatever torch was installed so the project install cannot replace it
+	$(BIN)/python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/samplerbench run bench/matrices/quick.toml --out results/quick
+	$(BIN)/samplerbench report results/quick
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+perf: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-only
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,123 @@
+"""The PF-ODE and the reverse-SDE family of a denoiser.
+
+PF-ODE:       dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat
+Reverse SDE:  dx = [v(t, x) - 1/2 g(t)^2 score(t, x)] dt + g(t) dW,  integrated backwards in t,
+              g(t)^2 = eta^2 * 2 sigma^2 d/dt log(sigma / alpha).
+eta = 0 is the PF-ODE; eta = 1 the reverse of the forward noising process (for flow models the
+marginal-preserving flow SDE).  Solvers get one of these objects; they never see the model type.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.conversions import eps_from_x0, expand_like, velocity_from_x0_eps
+from models.denoiser import CountingDenoiser, Denoiser
+
+Tensor = torch.Tensor
+
+
+class _Dynamics(torch.nn.Module):
+    def __init__(self, denoiser: Denoiser, cond: dict | None = None):
+        super().__init__()
+        if not isinstance(denoiser, CountingDenoiser):
+            denoiser = CountingDenoiser(denoiser)
+        self.denoiser = denoiser
+        self.schedule = denoiser.schedule
+        self.cond = dict(cond or {})
+
+    @property
+    def nfe(self) -> int:
+        return self.denoiser.nfe
+
+    @property
+    def forward_passes(self) -> int:
+        return self.denoiser.forward_passes
+
+    def _t(self, t, x: Tensor) -> Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+    def denoise(self, t, x: Tensor) -> Tensor:
+        """x0_hat = D(x, t); 1 NFE.  ``t`` is a scalar or per-sample [B]."""
+        return self.denoiser(x, self._t(t, x).to(x.dtype), **self.cond)
+
+    def coefficients(self, t, x: Tensor):
+        """alpha, sigma, alpha', sigma' at t, broadcast against x (no model call)."""
+        return tuple(expand_like(c, x) for c in self.schedule.coefficients(self._t(t, x)))
+
+    def x0_eps(self, t, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(x0_hat, eps_hat) at t; 1 NFE."""
+        x0 = self.denoise(t, x)
+        a, s, _, _ = self.coefficients(t, x)
+        return x0, eps_from_x0(x, x0, a, s)
+
+    def velocity(self, t, x: Tensor) -> Tensor:
+        """PF-ODE right-hand side dx/dt; 1 NFE."""
+        x0 = self.denoise(t, x)
+        a, s, da, ds = self.coefficients(t, x)
+        return velocity_from_x0_eps(x0, eps_from_x0(x, x0, a, s), da, ds)
+
+
+class ProbabilityFlowODE(_Dynamics):
+    """PF-ODE of a denoiser; ``forward(t, x)`` is the torchdiffeq right-hand side."""
+
+    kind = "ode"
+
+    def forward(self, t, x):
+        return self.velocity(t, x)
+
+
+class ReverseSDE(_Dynamics):
+    """Reverse-time SDE family with noise scale ``eta`` (Ito; additive noise, diagonal g(t))."""
+
+    kind = "sde"
+
+    def __init__(self, denoiser: Denoiser, eta: float = 1.0, cond: dict | None = None):
+        super().__init__(denoiser, cond)
+        self.eta = float(eta)
+
+    def g2(self, t, x: Tensor) -> Tensor:
+        """g(t)^2 = eta^2 2 sigma^2 d/dt log(sigma/alpha), broadcast against x."""
+        t = self._t(t, x)
+        s = self.schedule.sigma(t)
+        return expand_like(self.eta**2 * 2.0 * s**2 * self.schedule.d_log_ratio(t), x)
+
+    def diffusion(self, t, x: Tensor) -> Tensor:
+        return torch.sqrt(self.g2(t, x))
+
+    def drift(self, t, x: Tensor) -> Tensor:
+        """v - 1/2 g^2 score = v + 1/2 g^2 eps / sigma (dt-drift; integrate with dt < 0); 1 NFE."""
+        x0 = self.denoise(t, x)
+        a, s, da, ds = self.coefficients(t, x)
+        eps = eps_from_x0(x, x0, a, s)
+        return velocity_from_x0_eps(x0, eps, da, ds) + 0.5 * self.g2(t, x) * eps / s
+
+    def forward(self, t, x):
+        return self.drift(t, x)
+
+    def torchsde_view(self, data_shape: tuple[int, ...] | None = None) -> "TorchsdeView":
+        return TorchsdeView(self, data_shape or self.denoiser.data_shape)
+
+
+class TorchsdeView(torch.nn.Module):
+    """The reverse SDE in torchsde's form: forward time s = -t, state flattened to [B, D].
+
+    dy/ds = -drift(-s, y), diffusion g(-s) (diagonal noise, Ito)."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, sde: ReverseSDE, data_shape: tuple[int, ...]):
+        super().__init__()
+        self.sde = sde
+        self.data_shape = tuple(data_shape)
+
+    def _unflat(self, y):
+        return y.reshape((y.shape[0],) + self.data_shape)
+
+    def f(self, s, y):
+        return -self.sde.drift(-s, self._unflat(y)).reshape(y.shape)
+
+    def g(self, s, y):
+        return self.sde.diffusion(-s, self._unflat(y)).reshape(y.shape[0], -1).expand_as(y)

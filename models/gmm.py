@@ -1,0 +1,232 @@
+"""Analytic Gaussian-mixture denoiser: the exact posterior mean E[x0 | x_t] in any dimension.
+
+p_data = sum_k w_k N(mu_k, C_k).  Under x_t = alpha x0 + sigma eps the component k has
+x_t | k ~ N(alpha mu_k, alpha^2 C_k + sigma^2 I), and with C_k = U_k diag(l_k) U_k^T
+
+    E[x0 | x_t, k] = mu_k + U_k diag(alpha l_k / (alpha^2 l_k + sigma^2)) U_k^T (x_t - alpha mu_k),
+    E[x0 | x_t]    = sum_k r_k(x_t) E[x0 | x_t, k],   r_k = posterior responsibilities.
+
+This is the exact denoiser, so its PF-ODE transports N(0, sigma_max^2) (approximately, as for any
+model) to the mixture; it is the test bed for convergence orders with a known answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from models.conversions import expand_like
+from models.denoiser import Denoiser
+from models.errors import UserError
+from models.schedules import SCHEDULES, Schedule, make_schedule
+
+Tensor = torch.Tensor
+
+
+class GaussianMixture:
+    """Mixture parameters (float64) with exact sampling and log-density."""
+
+    def __init__(self, weights, means, covs):
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        self.covs = torch.as_tensor(covs, dtype=torch.float64)
+        K, d = self.means.shape
+        if self.weights.shape != (K,) or self.covs.shape != (K, d, d):
+            raise ValueError("inconsistent mixture shapes")
+        self.weights = self.weights / self.weights.sum()
+        self.covs = 0.5 * (self.covs + self.covs.transpose(1, 2))
+        self.eigvals, self.eigvecs = torch.linalg.eigh(self.covs)
+        if (self.eigvals <= 0).any():
+            raise ValueError("covariances must be positive definite")
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def mean(self) -> Tensor:
+        return self.weights @ self.means
+
+    def covariance(self) -> Tensor:
+        m = self.mean()
+        dm = self.means - m
+        return torch.einsum("k,kij->ij", self.weights, self.covs) + torch.einsum(
+            "k,ki,kj->ij", self.weights, dm, dm)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
+        scale = self.eigvecs[k] * self.eigvals[k].sqrt().unsqueeze(1)
+        return self.means[k] + torch.einsum("nij,nj->ni", scale, z)
+
+
+class GMMDenoiser(Denoiser):
+    """Exact posterior-mean denoiser of a :class:`GaussianMixture` under a schedule.
+
+    ``data_shape`` may be any shape with prod == dim (e.g. (1, 8, 8) for digits)."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: Schedule,
+                 data_shape: tuple[int, ...] | None = None):
+        data_shape = tuple(data_shape) if data_shape else (mixture.dim,)
+        if math.prod(data_shape) != mixture.dim:
+            raise ValueError(f"data_shape {data_shape} does not hold {mixture.dim} dimensions")
+        super().__init__(schedule, data_shape)
+        self.mixture = mixture
+        self._cache: dict = {}
+
+    def _params(self, dtype, device):
+        key = (dtype, device)
+        if key not in self._cache:
+            m = self.mixture
+            self._cache[key] = tuple(p.to(dtype=dtype, device=device) for p in (
+                m.weights.log(), m.means, m.eigvals, m.eigvecs))
+        return self._cache[key]
+
+    def forward(self, x, t, **cond):
+        B = x.shape[0]
+        logw, mu, lam, U = self._params(x.dtype, x.device)
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(B)
+        a = self.schedule.alpha(t).to(x.dtype)[:, None, None]      # [B, 1, 1]
+        s2 = (self.schedule.sigma(t) ** 2).to(x.dtype)[:, None, None]
+        xf = x.reshape(B, 1, -1)                                     # [B, 1, d]
+        diff = xf - a * mu[None]                                     # [B, K, d]
+        y = torch.einsum("bkd,kde->bke", diff, U)                    # coordinates in eigenbasis
+        var = a**2 * lam[None] + s2                                  # [B, K, d]
+        logp = logw[None] - 0.5 * (torch.log(var) + y**2 / var).sum(-1)
+        r = torch.softmax(logp, dim=1)                               # [B, K]
+        shrink = torch.einsum("bke,kde->bkd", a * lam[None] / var * y, U)
+        x0 = torch.einsum("bk,bkd->bd", r, mu[None] + shrink)
+        return x0.reshape(x.shape)
+
+    def exact_samples(self, n: int, seed: int = 0) -> Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return self.mixture.sample(n, g).reshape((n,) + self.data_shape)
+
+
+# --------------------------------------------------------------------------------------------
+# gmm:PATH.json
+# --------------------------------------------------------------------------------------------
+
+_GMM_KEYS = {"weights", "means", "stds", "covs", "schedule", "t_min", "t_max", "schedule_params",
+             "data_shape"}
+
+
+def mixture_from_dict(spec: dict, where: str = "gmm") -> tuple[GaussianMixture, dict]:
+    """Validate a mixture spec (the ``gmm:PATH.json`` format) and build it.
+
+    Returns the mixture and the schedule keywords."""
+    if not isinstance(spec, dict):
+        raise UserError(where, type(spec).__name__, hint="expected a JSON object with keys "
+                        "weights, means, stds|covs, schedule")
+    unknown = sorted(set(spec) - _GMM_KEYS)
+    if unknown:
+        raise UserError(f"{where} key", unknown[0], sorted(_GMM_KEYS))
+    for key in ("weights", "means"):
+        if key not in spec:
+            raise UserError(f"{where}.{key}", None, hint=f"'{key}' is required")
+    try:
+        w = torch.as_tensor(spec["weights"], dtype=torch.float64)
+        mu = torch.as_tensor(spec["means"], dtype=torch.float64)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}.weights/means", str(exc), hint="expected numbers") from None
+    if w.ndim != 1 or mu.ndim != 2 or mu.shape[0] != w.shape[0] or w.shape[0] == 0:
+        raise UserError(f"{where}.means", list(mu.shape),
+                        hint=f"expected [K, d] means with K = len(weights) = {tuple(w.shape)}")
+    if (w <= 0).any() or not torch.isfinite(w).all():
+        raise UserError(f"{where}.weights", spec["weights"], hint="weights must be positive")
+    K, d = mu.shape
+    if ("stds" in spec) == ("covs" in spec):
+        raise UserError(f"{where}.stds|covs", None, hint="give exactly one of 'stds' or 'covs'")
+    if "stds" in spec:
+        std = torch.as_tensor(spec["stds"], dtype=torch.float64)
+        if std.shape != (K,) or (std <= 0).any():
+            raise UserError(f"{where}.stds", spec["stds"], hint=f"expected {K} positive numbers")
+        covs = std[:, None, None] ** 2 * torch.eye(d, dtype=torch.float64)
+    else:
+        try:
+            covs = torch.as_tensor(spec["covs"], dtype=torch.float64)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{where}.covs", str(exc), hint="expected numbers") from None
+        if covs.shape != (K, d, d):
+            raise UserError(f"{where}.covs", list(covs.shape), hint=f"expected shape [{K}, {d}, {d}]")
+    try:
+        mixture = GaussianMixture(w, mu, covs)
+    except ValueError as exc:
+        raise UserError(f"{where}.covs", "not positive definite", hint=str(exc)) from None
+    sched = spec.get("schedule", "edm")
+    if sched not in SCHEDULES:
+        raise UserError(f"{where}.schedule", sched, sorted(SCHEDULES))
+    kw = dict(spec.get("schedule_params", {}))
+    for key in ("t_min", "t_max"):
+        if key in spec:
+            kw[key] = spec[key]
+    return mixture, {"name": sched, **kw}
+
+
+def load_gmm_json(path: str) -> GMMDenoiser:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError("model", f"gmm:{path}", hint="file not found; give gmm:PATH.json")
+    try:
+        spec = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"gmm:{path}", "malformed JSON", hint=str(exc)) from None
+    mixture, sched_kw = mixture_from_dict(spec, where=f"gmm:{p.name}")
+    name = sched_kw.pop("name")
+    if "t_min" in sched_kw and name in ("rf", "trig"):
+        # rf / trig define t_min through sigma_min
+        t = sched_kw.pop("t_min")
+        sched_kw["sigma_min"] = t / (1 - t) if name == "rf" else math.tan(0.5 * math.pi * t)
+    schedule = make_schedule(name, **sched_kw)
+    shape = tuple(spec.get("data_shape", (mixture.dim,)))
+    return GMMDenoiser(mixture, schedule, shape)
+
+
+# --------------------------------------------------------------------------------------------
+# built-in mixtures
+# --------------------------------------------------------------------------------------------
+
+def gmm2d_mixture() -> GaussianMixture:
+    """A 2-D, 4-component anisotropic mixture with unequal weights (modes at distance ~2)."""
+    def rot(theta, sx, sy):
+        c, s = math.cos(theta), math.sin(theta)
+        R = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+        return R @ torch.diag(torch.tensor([sx**2, sy**2], dtype=torch.float64)) @ R.T
+
+    weights = [0.35, 0.25, 0.25, 0.15]
+    means = [[-1.5, -0.5], [1.5, 0.8], [0.2, 1.8], [0.5, -1.8]]
+    covs = torch.stack([rot(0.3, 0.5, 0.15), rot(-0.8, 0.4, 0.1), rot(1.2, 0.3, 0.2),
+                        rot(0.0, 0.2, 0.2)])
+    return GaussianMixture(weights, means, covs)
+
+
+def digits_data(scale: bool = True) -> tuple[Tensor, Tensor]:
+    """scikit-learn's 8x8 digits (1797 images, shipped with scikit-learn) scaled to [-1, 1]."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.as_tensor(d.data, dtype=torch.float64)
+    if scale:
+        x = x / 8.0 - 1.0
+    return x, torch.as_tensor(d.target)
+
+
+_GMM64: GaussianMixture | None = None
+
+
+def gmm64_mixture(reg: float = 0.05) -> GaussianMixture:
+    """A 64-D mixture fitted to digits: one full-covariance component per class (weight = class
+    frequency, empirical mean and covariance + reg * I so every covariance is positive definite)."""
+    global _GMM64
+    if _GMM64 is None:
+        x, y = digits_data()
+        w, mus, covs = [], [], []
+        for k in range(10):
+            xk = x[y == k]
+            w.append(len(xk))
+            mus.append(xk.mean(0))
+            covs.append(torch.cov(xk.T) + reg * torch.eye(64, dtype=torch.float64))
+        _GMM64 = GaussianMixture(w, torch.stack(mus), torch.stack(covs))
+    return _GMM64

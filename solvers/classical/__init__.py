@@ -1,0 +1,3 @@
+"""Classical ODE solvers: fixed-step Runge-Kutta tableaus and adaptive torchdiffeq methods."""
+
+from solvers.classical import adaptive, runge_kutta  # noqa: F401  (registers solvers)

@@ -1,0 +1,143 @@
+"""Time grids.  ``make_grid(name, schedule, steps, final="zero", **params) -> Grid``.
+
+``steps = N`` gives N + 1 time points.  With ``final="zero"`` (default): N points from the start
+down to t_min, then t = 0 (the step into 0 is the denoise step).  With ``final="t_min"``: N + 1
+points from the start down to t_min, no denoise step (for convergence studies).
+
+Grids are float64, strictly decreasing and validated once.  Ratio-based grids (karras, logsnr)
+start at the schedule's finite ``sigma_max``; ``uniform`` starts at ``t_max`` itself (t = 1 for
+rectified flow).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from models.errors import UserError
+from models.schedules import Schedule
+
+FINALS = ("zero", "t_min")
+
+
+@dataclass(frozen=True)
+class Grid:
+    t: torch.Tensor                  # float64, strictly decreasing, ends at 0 or t_min
+    name: str
+    final: str
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        t = self.t
+        if t.dtype != torch.float64 or t.ndim != 1 or t.numel() < 2:
+            raise ValueError("a grid is a 1-D float64 tensor with at least 2 points")
+        if not torch.isfinite(t).all() or (t < 0).any():
+            raise UserError(f"grid {self.name!r}", t.tolist(), hint="times must be finite and >= 0")
+        if not (t[1:] < t[:-1]).all():
+            raise UserError(f"grid {self.name!r}", t.tolist(), hint="times must strictly decrease")
+        if self.final not in FINALS:
+            raise UserError("final", self.final, FINALS)
+        if self.final == "zero" and t[-1] != 0:
+            raise ValueError("final='zero' grids end at t = 0")
+        if self.final == "t_min" and t[-1] == 0:
+            raise ValueError("final='t_min' grids end at t_min > 0")
+
+    @property
+    def steps(self) -> int:
+        return self.t.numel() - 1
+
+    @property
+    def t_start(self) -> float:
+        return float(self.t[0])
+
+    @property
+    def t_end(self) -> float:
+        """Last positive time (t_min)."""
+        return float(self.t[-2] if self.final == "zero" else self.t[-1])
+
+
+_GRIDS: dict[str, tuple[Callable, dict, str]] = {}
+
+
+def register_grid(name: str, defaults: dict, doc: str):
+    def deco(fn):
+        if name in _GRIDS:
+            raise ValueError(f"grid {name!r} is already registered")
+        _GRIDS[name] = (fn, defaults, doc)
+        return fn
+    return deco
+
+
+def available_grids() -> list[str]:
+    return sorted(_GRIDS)
+
+
+def grid_doc(name: str) -> tuple[dict, str]:
+    _, defaults, doc = _GRIDS[name]
+    return dict(defaults), doc
+
+
+def _start_ratio(schedule: Schedule) -> float:
+    return float(schedule.sigma_max)
+
+
+def _t_min(schedule: Schedule, params: dict) -> float:
+    return float(params.get("t_min", schedule.t_min))
+
+
+@register_grid("uniform", {}, "uniform in t from t_max to t_min")
+def _uniform(schedule, n, t_min, **_):
+    return torch.linspace(schedule.t_max, t_min, n, dtype=torch.float64)
+
+
+@register_grid("karras", {"rho": 7.0}, "Karras et al. 2022: uniform in ratio^(1/rho), rho = 7")
+def _karras(schedule, n, t_min, rho):
+    smin = float(schedule.ratio(t_min))
+    smax = _start_ratio(schedule)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    r = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    return schedule.t_from_ratio(r)
+
+
+@register_grid("logsnr", {}, "uniform in log-SNR (DPM-Solver's 'logSNR' grid)")
+def _logsnr(schedule, n, t_min, **_):
+    lam_lo = -2.0 * math.log(_start_ratio(schedule))
+    lam_hi = float(schedule.log_snr(t_min))
+    lam = torch.linspace(lam_lo, lam_hi, n, dtype=torch.float64)
+    return schedule.t_from_log_snr(lam)
+
+
+def make_grid(name: str, schedule: Schedule, steps: int, final: str = "zero", **params) -> Grid:
+    """Build and validate a grid.  Unknown names/params and steps < 1 raise ``UserError``."""
+    if name not in _GRIDS:
+        raise UserError("grid", name, available_grids())
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError("steps", steps, hint="steps must be an integer >= 1")
+    if final not in FINALS:
+        raise UserError("final", final, FINALS)
+    fn, defaults, _ = _GRIDS[name]
+    unknown = sorted(set(params) - set(defaults) - {"t_min"})
+    if unknown:
+        raise UserError(f"grid parameter of {name!r}", unknown[0], sorted(defaults) + ["t_min"])
+    kw = {**defaults, **{k: v for k, v in params.items() if k != "t_min"}}
+    t_min = _t_min(schedule, params)
+    n = steps if final == "zero" else steps + 1
+    if n == 1:
+        t = torch.tensor([_first_point(name, schedule)], dtype=torch.float64)
+    else:
+        t = fn(schedule, n, t_min, **kw).to(torch.float64)
+    # ratio -> t round trips may overshoot the schedule's interval by an ulp
+    t = t.clamp(min=t_min, max=float(schedule.t_max))
+    if final == "zero":
+        t = torch.cat([t, t.new_zeros(1)])
+    recorded = {**kw, **({"t_min": t_min} if "t_min" in params else {})}
+    return Grid(t=t, name=name, final=final, params=recorded)
+
+
+def _first_point(name: str, schedule: Schedule) -> float:
+    if name == "uniform":
+        return float(schedule.t_max)
+    return float(schedule.t_from_ratio(_start_ratio(schedule)))
