@@ -72,6 +72,11 @@ class Solver:
             return (n - 1) * self.stages + 1
         return n * self.stages
 
+    def check(self, denoiser, grid) -> str | None:
+        """Why this solver cannot run this (model, grid) pair, or None.  The harness records a
+        skip with this reason instead of running (capabilities are checked, not crashed on)."""
+        return None
+
     # ------------------------------------------------------------------------------------------
     def init_state(self, dynamics, x: Tensor, grid) -> Any:
         return None

@@ -129,8 +129,13 @@ def make_grid(name: str, schedule: Schedule, steps: int, final: str = "zero", **
         t = torch.tensor([_first_point(name, schedule)], dtype=torch.float64)
     else:
         t = fn(schedule, n, t_min, **kw).to(torch.float64)
-    # ratio -> t round trips may overshoot the schedule's interval by an ulp
-    t = t.clamp(min=t_min, max=float(schedule.t_max))
+    # ratio -> t round trips miss the interval's ends by a few ulps: clamp, and snap the ends
+    t_hi = float(schedule.t_max)
+    t = t.clamp(min=t_min, max=t_hi)
+    if abs(float(t[0]) - t_hi) <= 1e-12 * t_hi:
+        t[0] = t_hi
+    if t.numel() > 1 and abs(float(t[-1]) - t_min) <= 1e-12 * t_min:
+        t[-1] = t_min
     if final == "zero":
         t = torch.cat([t, t.new_zeros(1)])
     recorded = {**kw, **({"t_min": t_min} if "t_min" in params else {})}

@@ -7,8 +7,10 @@ A noise source is called as ``noise(t0, t1) -> z`` and returns a standard-normal
 for the step from t0 to t1; the Brownian increment of that step is ``z * sqrt(|t1 - t0|)``.
   ``fresh``     a new Gaussian draw per call (k-diffusion's default for ancestral samplers)
   ``brownian``  increments of one Brownian path per sample, W(t0) - W(t1) normalised: the same path
-                whatever the step count (torchsde ``BrownianInterval`` with ``entropy``, a ``dt``
-                hint and ``halfway_tree=True``).
+                whatever the step count (torchsde ``BrownianInterval`` with ``entropy`` and
+                ``halfway_tree=True``: the dyadic tree makes the path a function of the entropy
+                alone, not of the query points; torchsde then takes a resolution ``tol`` instead
+                of a ``dt`` hint).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class BrownianNoise:
 
     mode = "brownian"
 
-    def __init__(self, seeds, shape, t_lo: float, t_hi: float, dt: float,
+    def __init__(self, seeds, shape, t_lo: float, t_hi: float, tol: float | None = None,
                  dtype=torch.float64, device="cpu"):
         import torchsde
 
@@ -68,7 +70,8 @@ class BrownianNoise:
         self.paths = [
             torchsde.BrownianInterval(t0=self.t_lo, t1=self.t_hi, size=(1,) + self.shape,
                                       dtype=torch.float64, entropy=int(s) + _STREAM_OFFSET,
-                                      dt=float(dt), halfway_tree=True)
+                                      tol=float(tol or (self.t_hi - self.t_lo) * 2.0**-24),
+                                      halfway_tree=True)
             for s in seeds
         ]
 
@@ -84,7 +87,6 @@ def make_noise(mode: str, seeds, shape, grid, dtype=torch.float64, device="cpu")
     if mode == "fresh":
         return FreshNoise(seeds, shape, dtype, device)
     if mode == "brownian":
-        lo, hi = grid.t_end, grid.t_start
-        dt = (hi - lo) / max(grid.steps, 1)
-        return BrownianNoise(seeds, shape, lo, hi, dt, dtype, device)
+        # the path lives on the grid's positive interval, which does not depend on the step count
+        return BrownianNoise(seeds, shape, grid.t_end, grid.t_start, None, dtype, device)
     raise UserError("noise", mode, NOISE_MODES)

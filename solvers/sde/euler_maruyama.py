@@ -30,6 +30,12 @@ class EulerMaruyama(Solver):
         if not (self.eta >= 0):
             raise ValueError(f"eta must be >= 0, got {self.eta}")
 
+    def check(self, denoiser, grid):
+        if self.eta > 0 and float(denoiser.schedule.alpha(grid.t_start)) == 0.0:
+            return ("the reverse-SDE diffusion g(t) is infinite where alpha = 0 (t = "
+                    f"{grid.t_start:g}); start from a finite sigma_max (e.g. grid 'karras')")
+        return None
+
     def step(self, dynamics, t0, t1, x, state, noise):
         h = t1 - t0
         x_new = x + h * dynamics.drift(t0, x)

@@ -1,0 +1,208 @@
+"""``samplerbench`` / ``python -m bench``: a thin CLI over the library.
+
+Every command parses, makes one library call, prints.  Bad input exits with status 2 and one line
+that names the field, the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+
+from models.errors import UserError
+
+EXAMPLES = """examples:
+  samplerbench list solvers
+  samplerbench run bench/matrices/quick.toml --out results/quick
+  samplerbench run --models gmm64,gmm64-rf --solvers euler,heun,rk4 --steps 8,16,32 --grid karras
+  samplerbench sample gmm2d heun --steps 18 --n 512 --out samples.npz
+  samplerbench sample gmm64 euler_ancestral --steps 32 --noise brownian --solver-opt eta=0.5 --out x.npz
+  samplerbench report results/quick --format md,csv,html
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        sys.stderr.write(f"samplerbench: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        return text
+
+
+def _kv(items, field: str) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(field, item, hint="expected key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _value(v.strip())
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
+def cmd_list(args) -> int:
+    what = args.what
+    if what in ("solvers", "all"):
+        from solvers.registry import available_solvers, solver_class
+
+        print(f"{'solver':<20} {'kind':<4} {'order':>5} {'NFE/step':>8} {'adaptive':>8}  reference")
+        for name in available_solvers():
+            c = solver_class(name)
+            order = c.order if c.kind == "ode" else (c.strong_order or c.weak_order)
+            order = "-" if order is None else f"{order:g}"
+            nfe = "-" if c.stages is None else str(c.stages)
+            kind = c.kind + ("*" if c.stochastic else "")
+            print(f"{name:<20} {kind:<4} {order:>5} {nfe:>8} {'yes' if c.adaptive else 'no':>8}  "
+                  f"{c.reference}")
+        if what == "all":
+            print()
+    if what in ("models", "all"):
+        from models.zoo import model_entries
+
+        print(f"{'model':<16} {'schedule':<10} description")
+        for e in model_entries():
+            print(f"{e.name:<16} {e.schedule:<10} {e.description}")
+        print(f"{'gmm:PATH.json':<16} {'(any)':<10} analytic Gaussian mixture from a JSON file")
+        if what == "all":
+            print()
+    if what in ("grids", "all"):
+        from solvers.grids import available_grids, grid_doc
+
+        print(f"{'grid':<12} {'params':<18} description")
+        for name in available_grids():
+            params, doc = grid_doc(name)
+            p = ",".join(f"{k}={v:g}" for k, v in params.items()) or "-"
+            print(f"{name:<12} {p:<18} {doc}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bench.runner import run_spec
+    from bench.spec import load_spec, parse_csv_floats, parse_csv_ints, parse_spec
+
+    if args.spec and (args.models or args.solvers):
+        raise UserError("run", args.spec, hint="give a SPEC.toml or --models/--solvers, not both")
+    if args.spec:
+        spec = load_spec(args.spec)
+    else:
+        if not args.models or not args.solvers:
+            raise UserError("run", None, hint="give SPEC.toml, or --models and --solvers")
+        raw = {"name": args.name or "adhoc",
+               "models": [m for m in args.models.split(",") if m],
+               "solvers": [s for s in args.solvers.split(",") if s],
+               "grids": [g for g in (args.grid or "karras").split(",") if g],
+               "samples": args.samples if args.samples is not None else 64,
+               "seed": args.seed if args.seed is not None else 0,
+               "final": args.final or "zero",
+               "noise": [n for n in (args.noise or "fresh").split(",") if n],
+               "dtype": args.dtype or "float32"}
+        if args.steps:
+            raw["steps"] = parse_csv_ints("--steps", args.steps)
+        if args.tolerances:
+            raw["tolerances"] = parse_csv_floats("--tolerances", args.tolerances)
+        spec = parse_spec(raw)
+    summary = run_spec(spec, args.out, device=args.device, resume=not args.no_resume,
+                       progress=not args.quiet)
+    print(f"wrote {summary['out']}/rows.jsonl: {summary['cells']} cells "
+          f"({summary['reused']} reused, {summary['computed']} computed)")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from bench.sample import sample_to_npz
+
+    opts = _kv(args.solver_opt, "--solver-opt")
+    info = sample_to_npz(args.model, args.solver, steps=args.steps, grid=args.grid,
+                         final=args.final, n=args.n, seed=args.seed, noise=args.noise,
+                         solver_opts=opts, out=args.out, dtype=args.dtype, device=args.device)
+    print(f"wrote {args.out}: {info['n']} samples, {info['nfe']} NFE, status {info['status']}")
+    return 0 if info["status"] == "ok" else 1
+
+
+def cmd_report(args) -> int:
+    from bench.report import write_report
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    out = write_report(args.dir, formats)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="samplerbench", description="Benchmark diffusion / flow-matching samplers.",
+                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ls = sub.add_parser("list", help="list solvers, models or grids", epilog=EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ls.add_argument("what", nargs="?", default="all", choices=["solvers", "models", "grids", "all"])
+    ls.set_defaults(fn=cmd_list)
+
+    run = sub.add_parser("run", help="run a benchmark matrix", epilog=EXAMPLES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("spec", nargs="?", help="matrix spec (TOML)")
+    run.add_argument("--out", help="output directory (default results/<spec name>)")
+    run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="overrides the spec")
+    run.add_argument("--no-resume", action="store_true", help="recompute every cell")
+    run.add_argument("--models", help="ad hoc: comma-separated model names")
+    run.add_argument("--solvers", help="ad hoc: comma-separated solver names")
+    run.add_argument("--steps", help="ad hoc: comma-separated step counts, e.g. 4,8,16")
+    run.add_argument("--tolerances", help="ad hoc: tolerances for adaptive solvers, e.g. 1e-3,1e-5")
+    run.add_argument("--grid", help="ad hoc: grid name(s) (default karras)")
+    run.add_argument("--final", choices=["zero", "t_min"], help="ad hoc: grid end")
+    run.add_argument("--samples", type=int, help="ad hoc: samples per cell (default 64)")
+    run.add_argument("--seed", type=int, help="ad hoc: base seed (default 0)")
+    run.add_argument("--noise", help="ad hoc: noise modes for stochastic solvers (fresh,brownian)")
+    run.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"])
+    run.add_argument("--name", help="ad hoc: run name (default 'adhoc')")
+    run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.set_defaults(fn=cmd_run)
+
+    sm = sub.add_parser("sample", help="draw samples with one solver into an .npz",
+                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sm.add_argument("model")
+    sm.add_argument("solver")
+    sm.add_argument("--steps", type=int, required=True)
+    sm.add_argument("--grid", default="karras")
+    sm.add_argument("--final", default="zero", choices=["zero", "t_min"])
+    sm.add_argument("--n", type=int, default=64)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--noise", default="fresh", choices=["fresh", "brownian"])
+    sm.add_argument("--solver-opt", action="append", metavar="KEY=VALUE")
+    sm.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    sm.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    sm.add_argument("--out", required=True, help="output .npz")
+    sm.set_defaults(fn=cmd_sample)
+
+    rp = sub.add_parser("report", help="tables and plots from a run directory")
+    rp.add_argument("dir")
+    rp.add_argument("--format", default="md,csv,html", help="comma-separated: md,csv,html,latex")
+    rp.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as exc:
+        sys.stderr.write(f"samplerbench: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("samplerbench: interrupted; finished cells are in rows.jsonl\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Reports from a run directory: per-model tables (solvers x steps), fitted orders, plots.
+
+``samplerbench report DIR [--format md,csv,html,latex]`` writes ``DIR/report/``:
+``README.md`` (Markdown tables and the plots), ``rows.csv``, ``report.html``, ``tables.tex``
+and ``err_vs_nfe_<model>.png`` / ``nonconv_<model>.png``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.metrics import fit_order
+from bench.store import read_rows
+from models.errors import UserError
+
+FORMATS = ("md", "csv", "html", "latex")
+
+
+def _solver_defaults(name: str) -> dict | None:
+    try:
+        from solvers.registry import get_solver
+
+        return get_solver(name).params()
+    except Exception:  # a plugin absent at report time: show all params
+        return None
+
+
+def solver_label(name: str, params: dict | None) -> str:
+    params = params or {}
+    defaults = _solver_defaults(name) or {}
+    shown = {k: v for k, v in params.items()
+             if k not in ("rtol", "atol") and defaults.get(k, object()) != v}
+    if not shown:
+        return name
+    return name + "(" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in sorted(shown.items())) + ")"
+
+
+def declared_order(name: str) -> float | None:
+    try:
+        from solvers.registry import solver_class
+
+        cls = solver_class(name)
+        return cls.order if cls.kind == "ode" else cls.strong_order
+    except Exception:
+        return None
+
+
+def load_frame(run_dir: str | Path) -> pd.DataFrame:
+    rows = read_rows(Path(run_dir) / "rows.jsonl")
+    if not rows:
+        raise UserError("report DIR", str(run_dir), hint="no rows.jsonl with results there; "
+                        "run `samplerbench run SPEC --out DIR` first")
+    df = pd.DataFrame(rows)
+    df["label"] = [solver_label(s, p) + (f" [{n}]" if isinstance(n, str) else "")
+                   for s, p, n in zip(df["solver"], df["solver_params"], df["noise"])]
+    df["grid_label"] = [g + (json.dumps(p, sort_keys=True) if p and any(
+        k != "rho" or v != 7.0 for k, v in p.items()) else "")
+        for g, p in zip(df["grid"], df["grid_params"])]
+    return df
+
+
+def _fmt(v, nfe=None) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    s = f"{v:.2e}"
+    return f"{s} ({int(nfe)})" if nfe is not None and not pd.isna(nfe) else s
+
+
+def _status_cell(r) -> str:
+    return {"diverged": "diverged", "failed": "failed", "skipped": "skipped"}.get(r["status"], "")
+
+
+def metric_table(df: pd.DataFrame, metric: str, with_nfe: bool = True) -> pd.DataFrame:
+    """Solvers x steps table of ``metric`` for one (model, grid), NFE in parentheses."""
+    fixed = df[df["steps"].notna()]
+    out = {}
+    for label, g in fixed.groupby("label", sort=False):
+        row = {}
+        for _, r in g.sort_values("steps").iterrows():
+            cell = _status_cell(r) or _fmt(r[metric], r["nfe"] if with_nfe else None)
+            row[int(r["steps"])] = cell
+        out[label] = row
+    table = pd.DataFrame(out).T
+    if not table.empty:
+        table = table[sorted(table.columns)]
+        table.columns = [f"{c} steps" for c in table.columns]
+    return table
+
+
+def order_table(df: pd.DataFrame) -> pd.DataFrame:
+    recs = []
+    for (label, solver), g in df[df["status"] == "ok"].groupby(["label", "solver"], sort=False):
+        p = fit_order(g["nfe"], g["err_rms"])
+        recs.append({"solver": label, "declared order": declared_order(solver),
+                     "fitted order": None if p is None else round(p, 2),
+                     "NFE range": f"{int(g['nfe'].min())}–{int(g['nfe'].max())}"})
+    return pd.DataFrame(recs)
+
+
+def _md(table: pd.DataFrame, index: bool = True) -> str:
+    if table.empty:
+        return "_no rows_\n"
+    cols = ([""] if index else []) + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for idx, r in table.iterrows():
+        vals = ([str(idx)] if index else []) + ["—" if v is None or (isinstance(v, float) and
+                                                 math.isnan(v)) else str(v) for v in r.values]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _latex(table: pd.DataFrame, caption: str) -> str:
+    cols = ["solver"] + [str(c) for c in table.columns]
+    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("—", "--")
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{l" + "r" * len(table.columns) + "}", r"\toprule",
+             " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
+    for idx, r in table.iterrows():
+        lines.append(" & ".join([esc(idx)] + [esc(v) for v in r.values]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(caption)}}}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def plot_err_vs_nfe(df: pd.DataFrame, path: Path, title: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = df[(df["status"] == "ok") & df["err_rms"].notna() & (df["err_rms"] > 0)]
+    if ok.empty:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for label, g in ok.groupby("label", sort=False):
+        g = g.sort_values("nfe")
+        p = fit_order(g["nfe"], g["err_rms"])
+        tag = f"{label} (p≈{p:.2f})" if p is not None else label
+        ax.loglog(g["nfe"], g["err_rms"], "o-", ms=3.5, lw=1.3, label=tag)
+    ax.set_xlabel("NFE (counted)")
+    ax.set_ylabel("RMS error vs float64 reference")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def plot_nonconv(df: pd.DataFrame, path: Path, title: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = df[(df["status"] == "ok") & df["nonconv"].notna() & (df["nonconv"] > 0)]
+    if ok.empty:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for label, g in ok.groupby("label", sort=False):
+        g = g.sort_values("steps")
+        ax.loglog(g["steps"], g["nonconv"], "o-", ms=3.5, lw=1.3, label=label)
+    ax.set_xlabel("steps N")
+    ax.set_ylabel("RMS(x_N − x_2N), same seed")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
+
+
+def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
+    """Library entry point of ``samplerbench report``; returns the report directory."""
+    for f in formats:
+        if f not in FORMATS:
+            raise UserError("--format", f, FORMATS)
+    run_dir = Path(run_dir)
+    df = load_frame(run_dir)
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    run_info = {}
+    if (run_dir / "run.json").exists():
+        run_info = json.loads((run_dir / "run.json").read_text())
+    spec = run_info.get("spec", {})
+    env = run_info.get("environment", {})
+
+    md = [f"# samplerbench report: {spec.get('name', run_dir.name)}", ""]
+    if spec.get("description"):
+        md += [spec["description"], ""]
+    md += [f"- rows: {len(df)} ({', '.join(f'{v} {k}' for k, v in df['status'].value_counts().items())})",
+           f"- samples per cell: {spec.get('samples')}, seed: {spec.get('seed')} (sample i uses seed + i), "
+           f"dtype: {spec.get('dtype')}, final: {spec.get('final')}",
+           f"- reference: dopri8 in float64, rtol = {spec.get('ref_rtol')}, atol = {spec.get('ref_atol')}",
+           f"- machine: {env.get('platform')}, torch {env.get('torch')}, device {env.get('device')}, "
+           f"{env.get('torch_threads')} threads; git {env.get('git_sha')}",
+           "- `err` = RMS over dimensions of (x − x_ref), mean over samples; NFE (counted) in "
+           "parentheses. `nonconv` = RMS(x_N − x_2N) with the same seed.", ""]
+    html_parts, tex_parts = [], []
+    for (model, grid), g in df.groupby(["model", "grid_label"], sort=False):
+        title = f"{model} — grid {grid}"
+        md += [f"## {title}", ""]
+        html_parts.append(f"<h2>{html.escape(title)}</h2>")
+        err = metric_table(g, "err_rms")
+        if g["err_rms"].notna().any():
+            md += ["### Error vs reference (NFE)", "", _md(err)]
+            html_parts.append(err.to_html(na_rep="—", escape=True))
+            tex_parts.append(_latex(err, f"{title}: RMS error (NFE)"))
+            orders = order_table(g[g["err_rms"].notna()])
+            md += ["### Fitted order (last 3 points above the float floor)", "",
+                   _md(orders.set_index("solver"))]
+            png = f"err_vs_nfe_{_slug(model)}_{_slug(grid)}.png"
+            if plot_err_vs_nfe(g, out / png, title):
+                md += [f"![error vs NFE]({png})", ""]
+                html_parts.append(f'<img src="{png}" alt="error vs NFE">')
+        if g["nonconv"].notna().any():
+            nc = metric_table(g, "nonconv", with_nfe=False)
+            md += ["### Non-convergence RMS(x_N − x_2N)", "", _md(nc)]
+            html_parts.append(nc.to_html(na_rep="—"))
+            png = f"nonconv_{_slug(model)}_{_slug(grid)}.png"
+            if plot_nonconv(g, out / png, f"{title}: non-convergence"):
+                md += [f"![nonconv vs steps]({png})", ""]
+                html_parts.append(f'<img src="{png}" alt="nonconv">')
+        wall = metric_table(g, "time_per_sample_s", with_nfe=False)
+        md += ["### Wall time per sample, seconds (median of repeats)", "", _md(wall)]
+        adaptive = g[g["steps"].isna() & (g["status"] == "ok")]
+        if not adaptive.empty:
+            md += ["### Adaptive solvers (tolerance → error, NFE)", ""]
+            for _, r in adaptive.iterrows():
+                tol = (r["solver_params"] or {}).get("rtol")
+                md.append(f"- {r['label']} tol={tol:g}: err {_fmt(r['err_rms'], r['nfe'])}")
+            md.append("")
+        bad = g[g["status"] != "ok"]
+        if not bad.empty:
+            md += ["### Cells not ok", ""]
+            for _, r in bad.iterrows():
+                md.append(f"- {r['label']} steps={r['steps']}: **{r['status']}** — {r['message']}")
+            md.append("")
+    if "md" in formats:
+        (out / "README.md").write_text("\n".join(md))
+    if "csv" in formats:
+        flat = df.drop(columns=["label", "grid_label"]).copy()
+        for c in ("solver_params", "grid_params"):
+            flat[c] = flat[c].map(lambda v: json.dumps(v, sort_keys=True))
+        flat.to_csv(out / "rows.csv", index=False)
+    if "html" in formats:
+        page = ("<!doctype html><html><head><meta charset='utf-8'><title>samplerbench report</title>"
+                "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+                "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
+                "padding:2px 6px}img{max-width:640px;display:block;margin:8px 0}</style></head>"
+                f"<body><h1>samplerbench report: {html.escape(str(spec.get('name', run_dir.name)))}</h1>"
+                + "\n".join(html_parts) + "</body></html>")
+        (out / "report.html").write_text(page)
+    if "latex" in formats:
+        (out / "tables.tex").write_text("% requires \\usepackage{booktabs}\n" + "\n".join(tex_parts))
+    return out

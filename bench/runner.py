@@ -1,0 +1,270 @@
+"""The matrix runner: expand a Spec into cells, run each, append one row per finished cell.
+
+One reference solution per (model, seed block, interval) is computed in float64 by the dopri8
+reference solver, cached on disk under ``DIR/cache/`` and reused by every solver.  A cell that
+diverges or raises is recorded with its status and message and the matrix goes on; a rerun skips
+cells already in ``rows.jsonl``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.env import environment, git_sha
+from bench.metrics import error_metrics, nonconv, timed
+from bench.progress import Progress
+from bench.spec import NamedParams, Spec
+from bench.store import RowStore, read_rows
+from models.errors import UserError
+from models.zoo import load_model
+from solvers import get_solver, initial_noise, make_grid, make_noise
+from solvers.classical.adaptive import reference_solve
+from solvers.noise import sample_seeds
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("device", device, ["cpu", "auto"],
+                        hint="torch.cuda.is_available() is False on this machine")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device", device, ["cpu", "auto"], hint="MPS is not available")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    solver: NamedParams
+    grid: NamedParams
+    final: str
+    steps: int | None          # None for adaptive solvers
+    tol: float | None          # rtol = atol for adaptive solvers
+    noise: str | None          # None for deterministic solvers
+    n_samples: int
+    seed: int
+    dtype: str
+    device: str
+
+    def solver_params(self) -> dict:
+        params = dict(self.solver.params)
+        if self.tol is not None:
+            params.update(rtol=self.tol, atol=self.tol)
+        return params
+
+    def config(self) -> dict:
+        return {"model": self.model, "solver": self.solver.name,
+                "solver_params": self.solver_params(), "grid": self.grid.name,
+                "grid_params": self.grid.params, "final": self.final, "steps": self.steps,
+                "n_samples": self.n_samples, "seed": self.seed, "noise": self.noise,
+                "guidance": None, "dtype": self.dtype, "device": self.device}
+
+    @property
+    def case_id(self) -> str:
+        blob = json.dumps(self.config(), sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        s = self.solver.key()
+        budget = f"steps={self.steps}" if self.steps is not None else f"tol={self.tol:g}"
+        noise = f" noise={self.noise}" if self.noise else ""
+        return f"{self.model} {s} {self.grid.key()} {budget}{noise}"
+
+
+def expand_cells(spec: Spec, device: str) -> list[Cell]:
+    cells = []
+    for model in spec.models:
+        for grid in spec.grids:
+            for s in spec.solvers:
+                solver = get_solver(s.name, **s.params)
+                budgets = ([(None, t) for t in spec.tolerances] if solver.adaptive
+                           else [(n, None) for n in spec.steps])
+                noises = spec.noise if solver.stochastic else [None]
+                for steps, tol in budgets:
+                    for noise in noises:
+                        cells.append(Cell(model, s, grid, spec.final, steps, tol, noise,
+                                          spec.samples, spec.seed, spec.dtype, device))
+    return cells
+
+
+class Runner:
+    """Runs a spec into ``out_dir``.  ``run()`` returns a summary dict."""
+
+    def __init__(self, spec: Spec, out_dir: str | Path, device: str | None = None,
+                 resume: bool = True, progress: bool = True):
+        self.spec = spec
+        self.out = Path(out_dir)
+        self.device = resolve_device(device or spec.device)
+        self.resume = resume
+        self.progress_enabled = progress
+        self.store = RowStore(self.out)
+        self._models: dict = {}
+        self._refs: dict = {}
+
+    # ------------------------------------------------------------------------------------------
+    def _write_run_json(self) -> None:
+        path = self.out / "run.json"
+        invocations = []
+        if path.exists() and self.resume:
+            try:
+                invocations = json.loads(path.read_text()).get("invocations", [])
+            except (json.JSONDecodeError, OSError):
+                invocations = []
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        invocations.append({"started": now, "git_sha": git_sha(), "device": str(self.device)})
+        doc = {"spec": self.spec.to_dict(), "spec_digest": self.spec.digest(),
+               "environment": environment(str(self.device)), "invocations": invocations,
+               "row_schema": "shared/DESIGN.md#cli-contract"}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2, default=str))
+        tmp.replace(path)
+
+    def model(self, name: str):
+        if name not in self._models:
+            self._models[name] = load_model(name)
+        return self._models[name]
+
+    def _x_init(self, den, grid, cell: Cell) -> torch.Tensor:
+        z = initial_noise(sample_seeds(cell.seed, cell.n_samples), den.data_shape)
+        x = z * float(den.schedule.sigma(grid.t_start))
+        return x.to(device=self.device, dtype=DTYPES[cell.dtype])
+
+    def reference(self, den, grid, cell: Cell, x_init: torch.Tensor) -> torch.Tensor:
+        """Float64 reference endpoint for this model, seed block and interval (disk-cached)."""
+        key = {"model": cell.model, "seed": cell.seed, "n": cell.n_samples,
+               "t_start": grid.t_start, "t_end": grid.t_end, "final": grid.final,
+               "rtol": self.spec.ref_rtol, "atol": self.spec.ref_atol, "dtype": cell.dtype,
+               "shape": list(den.data_shape), "method": "dopri8"}
+        h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        if h in self._refs:
+            return self._refs[h]
+        path = self.out / "cache" / f"ref-{h}.safetensors"
+        x_ref = None
+        if path.exists():
+            from safetensors.torch import load_file
+
+            try:
+                data = load_file(str(path))
+                if data["x_init"].shape == x_init.shape and torch.equal(
+                        data["x_init"], x_init.double().cpu()):
+                    x_ref = data["x_ref"]
+            except Exception:  # a corrupt cache entry is recomputed
+                x_ref = None
+        if x_ref is None:
+            from safetensors.torch import save_file
+
+            sol = reference_solve(get_solver("dopri8").make_dynamics(den), x_init.double().cpu(),
+                                  grid, rtol=self.spec.ref_rtol, atol=self.spec.ref_atol)
+            if sol.status != "ok":
+                raise RuntimeError(f"reference solution failed: {sol.message}")
+            x_ref = sol.x
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"x_init": x_init.double().cpu().contiguous(), "x_ref": x_ref.contiguous()},
+                      str(path), metadata={k: str(v) for k, v in key.items()})
+        self._refs[h] = x_ref
+        return x_ref
+
+    # ------------------------------------------------------------------------------------------
+    def _solve(self, solver, den, grid, x_init, cell: Cell):
+        seeds = sample_seeds(cell.seed, cell.n_samples)
+        dyn = solver.make_dynamics(den)
+        noise = (make_noise(cell.noise, seeds, den.data_shape, grid, dtype=x_init.dtype,
+                            device=self.device) if solver.stochastic else None)
+        return solver.solve(dyn, x_init, grid, noise)
+
+    def run_cell(self, cell: Cell) -> dict:
+        row = {**cell.config(), "case_id": cell.case_id, "nfe": None, "forward_passes": None,
+               "status": "ok", "message": "", "fid": None, "fid_features": None, "swd": None,
+               "err_rms": None, "err_max": None, "nonconv": None, "wall_s": None,
+               "time_per_sample_s": None, "peak_mem_bytes": None, "git_sha": git_sha(),
+               "torch_version": torch.__version__, "device": str(self.device)}
+        try:
+            den = self.model(cell.model)
+            solver = get_solver(cell.solver.name, **cell.solver_params())
+            row["solver_params"] = solver.params()
+            grid = make_grid(cell.grid.name, den.schedule, cell.steps or 2, final=cell.final,
+                             **cell.grid.params)
+            row["grid_params"] = grid.params
+            reason = solver.check(den, grid)
+            if reason:
+                row.update(status="skipped", message=reason)
+                return row
+            x_init = self._x_init(den, grid, cell)
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            sol, wall, _ = timed(lambda: self._solve(solver, den, grid, x_init, cell),
+                                 self.device, self.spec.warmup, self.spec.repeats)
+            row.update(nfe=sol.nfe, forward_passes=sol.forward_passes, wall_s=wall,
+                       time_per_sample_s=wall / cell.n_samples, status=sol.status,
+                       message=sol.message)
+            if self.device.type == "cuda":
+                row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            if sol.status != "ok":
+                return row
+            if self.spec.error and not solver.stochastic:
+                x_ref = self.reference(den, grid, cell, x_init)
+                row.update(error_metrics(sol.x.cpu(), x_ref))
+            if self.spec.nonconv and cell.steps is not None:
+                grid2 = make_grid(cell.grid.name, den.schedule, 2 * cell.steps, final=cell.final,
+                                  **cell.grid.params)
+                sol2 = self._solve(solver, den, grid2, x_init, cell)
+                if sol2.status == "ok":
+                    row["nonconv"] = nonconv(sol.x, sol2.x)
+        except UserError:
+            raise
+        except Exception as exc:  # the cell fails, the matrix goes on
+            tb = traceback.extract_tb(exc.__traceback__)
+            where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+            row.update(status="failed", message=f"{type(exc).__name__}: {exc}{where}")
+        return row
+
+    def run(self) -> dict:
+        cells = expand_cells(self.spec, str(self.device))
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not self.resume and self.store.path.exists():
+            self.store.path.unlink()
+        self.store.repair()
+        done = self.store.done_ids() if self.resume else set()
+        self._write_run_json()
+        todo = [c for c in cells if c.case_id not in done]
+        progress = Progress(len(cells), enabled=self.progress_enabled)
+        progress.done = len(cells) - len(todo)
+        counts: dict[str, int] = {}
+        import time
+
+        for cell in todo:
+            progress.start(cell.label)
+            t0 = time.perf_counter()
+            row = self.run_cell(cell)
+            self.store.append(row)
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+            progress.finish_cell(time.perf_counter() - t0)
+        summary = {"cells": len(cells), "reused": len(cells) - len(todo), "computed": len(todo),
+                   **counts, "out": str(self.out)}
+        parts = ", ".join(f"{v} {k}" for k, v in counts.items()) or "nothing to do"
+        progress.close(f"{len(cells)} cells: {len(cells) - len(todo)} reused from rows.jsonl, "
+                       f"{len(todo)} computed ({parts}) -> {self.store.path}")
+        return summary
+
+
+def run_spec(spec: Spec, out_dir: str | Path | None = None, device: str | None = None,
+             resume: bool = True, progress: bool = True) -> dict:
+    """Library entry point of ``samplerbench run``."""
+    out = Path(out_dir) if out_dir else Path("results") / spec.name
+    return Runner(spec, out, device=device, resume=resume, progress=progress).run()
+
+
+def rows(out_dir: str | Path) -> list[dict]:
+    return read_rows(Path(out_dir) / "rows.jsonl")

@@ -1,0 +1,247 @@
+"""The benchmark matrix spec: TOML (or the CLI's ad-hoc flags), validated once at load.
+
+```toml
+name = "quick"
+models  = ["gmm2d", "gmm64", "gmm:my_mixture.json"]
+solvers = ["euler", "heun", { name = "euler_ancestral", eta = 1.0 }]
+grids   = ["karras", { name = "uniform" }]
+steps   = [4, 8, 16, 32]          # fixed-step solvers
+tolerances = [1e-3, 1e-5]         # adaptive solvers: rtol = atol = tol
+final   = "zero"                  # or "t_min" (no denoise step; convergence studies)
+samples = 64
+seed    = 0                       # sample i uses seed + i
+noise   = ["fresh", "brownian"]   # stochastic solvers only
+dtype   = "float64"               # model and state dtype
+device  = "cpu"                   # cpu | cuda | auto
+
+[reference]                       # float64 dopri8 reference for err_rms / err_max
+rtol = 1e-10
+atol = 1e-10
+
+[timing]
+warmup = 1
+repeats = 3
+
+[metrics]
+nonconv = true                    # also solve at 2N steps (same seed): RMS(x_N - x_2N)
+```
+Every problem raises ``UserError`` naming the field, the value and the valid choices, before any
+output is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.errors import UserError
+
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda", "auto")
+
+_TOP_KEYS = {"name", "description", "models", "solvers", "grids", "steps", "tolerances", "final",
+             "samples", "seed", "noise", "dtype", "device", "reference", "timing", "metrics"}
+_SUB_KEYS = {"reference": {"rtol", "atol"}, "timing": {"warmup", "repeats"},
+             "metrics": {"nonconv", "error"}}
+
+
+@dataclass(frozen=True)
+class NamedParams:
+    """A solver or grid entry: its name and its parameters."""
+
+    name: str
+    params: dict = field(default_factory=dict)
+
+    def key(self) -> str:
+        return self.name + json.dumps(self.params, sort_keys=True) if self.params else self.name
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    models: list[str]
+    solvers: list[NamedParams]
+    grids: list[NamedParams]
+    steps: list[int]
+    tolerances: list[float]
+    final: str = "zero"
+    samples: int = 64
+    seed: int = 0
+    noise: list[str] = field(default_factory=lambda: ["fresh"])
+    dtype: str = "float32"
+    device: str = "cpu"
+    description: str = ""
+    ref_rtol: float = 1e-10
+    ref_atol: float = 1e-10
+    warmup: int = 1
+    repeats: int = 3
+    nonconv: bool = True
+    error: bool = True
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["solvers"] = [{"name": s.name, **s.params} for s in self.solvers]
+        d["grids"] = [{"name": g.name, **g.params} for g in self.grids]
+        return d
+
+    def digest(self) -> str:
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
+
+def _list(raw: dict, key: str, default=None) -> list:
+    v = raw.get(key, default)
+    if v is None:
+        raise UserError(key, None, hint=f"'{key}' is required (a non-empty list)")
+    if not isinstance(v, list):
+        v = [v]
+    if not v:
+        raise UserError(key, v, hint=f"'{key}' must not be empty")
+    return v
+
+
+def _int(key, v, lo=None):
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
+        raise UserError(key, v, hint=f"expected an integer >= {lo}" if lo is not None else
+                        "expected an integer")
+    return v
+
+
+def _named(key: str, entries: list) -> list[NamedParams]:
+    out = []
+    for e in entries:
+        if isinstance(e, str):
+            out.append(NamedParams(e))
+        elif isinstance(e, dict) and isinstance(e.get("name"), str):
+            out.append(NamedParams(e["name"], {k: v for k, v in e.items() if k != "name"}))
+        else:
+            raise UserError(key, e, hint='each entry is a name or a table {name = "...", ...}')
+    return out
+
+
+def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
+    """Validate a spec dict (parsed TOML) completely; return a :class:`Spec`."""
+    from models.zoo import available_models, load_model
+    from solvers import NOISE_MODES, get_solver, make_grid
+    from solvers.grids import FINALS
+
+    if not isinstance(raw, dict):
+        raise UserError("spec", type(raw).__name__, hint="expected a TOML table")
+    for k in raw:
+        if k not in _TOP_KEYS:
+            raise UserError("spec key", k, sorted(_TOP_KEYS))
+    for sub, keys in _SUB_KEYS.items():
+        if sub in raw:
+            if not isinstance(raw[sub], dict):
+                raise UserError(sub, raw[sub], hint=f"[{sub}] must be a table")
+            for k in raw[sub]:
+                if k not in keys:
+                    raise UserError(f"{sub} key", k, sorted(keys))
+
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise UserError("name", name, hint="a non-empty string without '/'")
+
+    models = _list(raw, "models")
+    for m in models:
+        if not isinstance(m, str):
+            raise UserError("models", m, available_models() + ["gmm:PATH.json"])
+    denoisers = {m: load_model(m) for m in models}          # validates names and gmm: files
+
+    solvers = _named("solvers", _list(raw, "solvers"))
+    instances = [get_solver(s.name, **s.params) for s in solvers]
+    grids = _named("grids", _list(raw, "grids", ["karras"]))
+
+    fixed = [s for s in instances if not s.adaptive]
+    adaptive = [s for s in instances if s.adaptive]
+    steps = [_int("steps", v, 1) for v in _list(raw, "steps")] if fixed or "steps" in raw else []
+    tolerances = []
+    if adaptive or "tolerances" in raw:
+        for v in _list(raw, "tolerances"):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise UserError("tolerances", v, hint="each tolerance is a number in (0, 1)")
+            tolerances.append(float(v))
+    for s in adaptive:
+        if "rtol" in s.params or "atol" in s.params:
+            raise UserError(f"solvers.{s.name}", "rtol/atol",
+                            hint="set tolerances with the 'tolerances' axis, not per solver")
+
+    final = raw.get("final", "zero")
+    if final not in FINALS:
+        raise UserError("final", final, FINALS)
+    samples = _int("samples", raw.get("samples", 64), 1)
+    seed = _int("seed", raw.get("seed", 0), 0)
+    noise = _list(raw, "noise", ["fresh"])
+    for n in noise:
+        if n not in NOISE_MODES:
+            raise UserError("noise", n, NOISE_MODES)
+    dtype = raw.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise UserError("dtype", dtype, DTYPES)
+    device = raw.get("device", "cpu")
+    if device not in DEVICES:
+        raise UserError("device", device, DEVICES)
+
+    for g in grids:                                         # validate grid names and params
+        for d in denoisers.values():
+            make_grid(g.name, d.schedule, 2, final=final, **g.params)
+
+    ref = raw.get("reference", {})
+    timing = raw.get("timing", {})
+    metrics = raw.get("metrics", {})
+    for key in ("rtol", "atol"):
+        v = ref.get(key, 1e-10)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e-3:
+            raise UserError(f"reference.{key}", v, hint="a number in (0, 1e-3)")
+    for key in ("nonconv", "error"):
+        if not isinstance(metrics.get(key, True), bool):
+            raise UserError(f"metrics.{key}", metrics[key], ["true", "false"])
+    desc = raw.get("description", "")
+    if not isinstance(desc, str):
+        raise UserError("description", desc, hint="a string")
+    return Spec(
+        name=name, models=models, solvers=solvers, grids=grids, steps=steps,
+        tolerances=tolerances, final=final, samples=samples, seed=seed, noise=noise, dtype=dtype,
+        device=device, description=desc,
+        ref_rtol=float(ref.get("rtol", 1e-10)), ref_atol=float(ref.get("atol", 1e-10)),
+        warmup=_int("timing.warmup", timing.get("warmup", 1), 0),
+        repeats=_int("timing.repeats", timing.get("repeats", 3), 1),
+        nonconv=metrics.get("nonconv", True), error=metrics.get("error", True),
+    )
+
+
+def load_spec(path: str | Path) -> Spec:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError("spec", str(path), hint="file not found")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"spec {p.name}", "malformed TOML", hint=str(exc)) from None
+    return parse_spec(raw, default_name=p.stem)
+
+
+def parse_csv_ints(field_name: str, text: str) -> list[int]:
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise UserError(field_name, text, hint="a comma-separated list of integers, e.g. 4,8,16") from None
+    return out
+
+
+def parse_csv_floats(field_name: str, text: str) -> list[float]:
+    out = []
+    for part in str(text).split(","):
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise UserError(field_name, text, hint="a comma-separated list of numbers, e.g. 1e-3,1e-5") from None
+    return out

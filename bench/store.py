@@ -1,0 +1,66 @@
+"""The append-only result store: ``rows.jsonl`` (one flat JSON object per finished cell, flushed
+and fsynced as each cell ends) and ``run.json`` (spec + environment provenance)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+ROW_KEYS = (
+    "case_id", "model", "solver", "solver_params", "grid", "grid_params", "final", "steps", "nfe",
+    "forward_passes", "n_samples", "seed", "guidance", "noise", "device", "dtype", "status",
+    "message", "err_rms", "err_max", "fid", "fid_features", "swd", "nonconv", "wall_s",
+    "time_per_sample_s", "peak_mem_bytes", "git_sha", "torch_version",
+)
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """All complete rows; a torn last line (a run killed mid-write) is ignored."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    rows = []
+    for line in p.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+class RowStore:
+    def __init__(self, out_dir: str | Path):
+        self.dir = Path(out_dir)
+        self.path = self.dir / "rows.jsonl"
+
+    def done_ids(self) -> set[str]:
+        return {r["case_id"] for r in read_rows(self.path) if "case_id" in r}
+
+    def repair(self) -> None:
+        """Drop a torn trailing line so the next append starts on a fresh line."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+
+    def append(self, row: dict) -> None:
+        row = {k: _clean(row.get(k)) for k in ROW_KEYS}
+        line = json.dumps(row, sort_keys=False, default=str)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())

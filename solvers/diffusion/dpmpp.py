@@ -1,0 +1,147 @@
+"""DPM-Solver++ (Lu et al. 2022b): exponential integrators of the PF-ODE in data prediction,
+
+    x_1 = (sigma_1/sigma_0) x + alpha_1 int_0^h e^{-(h - tau)} x0_hat(lambda_0 + tau) dtau,
+
+with lambda = log(alpha/sigma) and h = lambda_1 - lambda_0.  The first-order step is
+(sigma_1/sigma_0) x + alpha_1 (1 - e^{-h}) x0_hat, finite from alpha = 0 (h = inf, e^{-h} = 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from solvers.base import Solver
+from solvers.diffusion.dpm_solver import coeffs, lam, t_of_lam
+from solvers.registry import register_solver
+
+_REFERENCE = ("Lu, Zhou, Bao, Chen, Li & Zhu 2022, DPM-Solver++: Fast Solver for Guided Sampling "
+              "of Diffusion Probabilistic Models; Crowson, k-diffusion")
+
+
+def data_step(schedule, t0: float, t1: float, x, x0_hat, h: float):
+    """(sigma_1/sigma_0) x + alpha_1 (1 - e^{-h}) x0_hat, h = lambda(t1) - lambda(t0) (may be inf)."""
+    a1, s1 = coeffs(schedule, t1)
+    _, s0 = coeffs(schedule, t0)
+    return (s1 / s0) * x + (a1 * -math.expm1(-h)) * x0_hat
+
+
+@register_solver
+@dataclass(frozen=True)
+class DPMSolverPP2S(Solver):
+    """DPM-Solver++(2S), r = 1/2: a first-order data-prediction step to lambda_0 + h/2, then the
+    full step with the midpoint's x0_hat (Lu et al. 2022b, Alg. 1).
+
+    ODE, order 2, 2 NFE per step.  Equals k-diffusion's ``sample_dpmpp_2s_ancestral`` with eta = 0.
+    A step from alpha = 0 (lambda = -inf; rectified flow at t = 1) is the first-order step -- its
+    midpoint lambda_0 + h/2 is at t0 in the limit -- and costs 1 NFE."""
+
+    name = "dpmpp_2s"
+    kind = "ode"
+    order = 2.0
+    stages = 2
+    reference = _REFERENCE
+
+    def step(self, dynamics, t0, t1, x, state, noise):
+        sched = dynamics.schedule
+        x0 = dynamics.denoise(t0, x)
+        l0, l1 = lam(sched, t0), lam(sched, t1)
+        h = l1 - l0
+        if math.isinf(l0):
+            return data_step(sched, t0, t1, x, x0, h), state
+        r = 0.5
+        t_s = t_of_lam(sched, l0 + r * h)
+        u = data_step(sched, t0, t_s, x, x0, r * h)
+        x0_s = dynamics.denoise(t_s, u)
+        return data_step(sched, t0, t1, x, x0_s, h), state
+
+
+@dataclass(frozen=True)
+class _Multistep(Solver):
+    """State: (lambda, x0_hat) of the previous grid points, newest first, plus the grid facts
+    that ``lower_order_final`` needs."""
+
+    kind = "ode"
+    stages = 1
+    reference = _REFERENCE
+
+    def init_state(self, dynamics, x, grid):
+        return {"hist": (), "grid_steps": grid.steps, "final": grid.final,
+                "t_last": float(grid.t[-1])}
+
+    def _push(self, state, l0, x0, keep):
+        return {**state, "hist": ((l0, x0),) + state["hist"][: keep - 1]}
+
+
+@register_solver
+@dataclass(frozen=True)
+class DPMSolverPP2M(_Multistep):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): with r = h_last / h,
+    x_1 = (sigma_1/sigma_0) x + alpha_1 (1 - e^{-h}) [(1 + 1/(2r)) D_0 - 1/(2r) D_-1].
+
+    ODE, order 2, 1 NFE per step; the first step is first order.  Equals k-diffusion's
+    ``sample_dpmpp_2m``.  ``lower_order_final`` (default True) takes the last step first order on
+    grids of fewer than 15 steps that end at t_min (diffusers' ``DPMSolverMultistepScheduler``,
+    which stabilises few-step sampling); on ``final="zero"`` grids the last step is the denoise step
+    anyway, so the option changes nothing there.  After a step from alpha = 0 (lambda = -inf),
+    r = inf and the next step is first order too (the limit of the formula)."""
+
+    lower_order_final: bool = True
+
+    name = "dpmpp_2m"
+    order = 2.0
+
+    def step(self, dynamics, t0, t1, x, state, noise):
+        sched = dynamics.schedule
+        x0 = dynamics.denoise(t0, x)
+        l0, l1 = lam(sched, t0), lam(sched, t1)
+        h = l1 - l0
+        last = (self.lower_order_final and state["final"] == "t_min" and state["grid_steps"] < 15
+                and t1 == state["t_last"])
+        x0_d = x0
+        if state["hist"] and not last:
+            l_prev, x0_prev = state["hist"][0]
+            r = (l0 - l_prev) / h
+            x0_d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+        return data_step(sched, t0, t1, x, x0_d, h), self._push(state, l0, x0, 1)
+
+
+@register_solver
+@dataclass(frozen=True)
+class DPMSolverPP3M(_Multistep):
+    """DPM-Solver++(3M): the data-prediction multistep method with a quadratic in lambda through
+    the last three x0_hat (Lu et al. 2022b, Sec. 5 / appendix; dpm-solver ``multistep_dpm_solver_
+    third_update``), x_1 = first-order step + alpha_1 (phi_2 D1 - phi_3 D2),
+    phi_2 = (e^{-h} - 1)/h + 1, phi_3 = phi_2/h - 1/2.
+
+    ODE, order 3, 1 NFE per step; steps 1 and 2 are first and second order.  Equals the
+    deterministic part (eta = 0) of k-diffusion's ``sample_dpmpp_3m_sde``.  After a step from
+    alpha = 0 the ratios r = inf drop the infinite-distance history (limit of the formula)."""
+
+    name = "dpmpp_3m"
+    order = 3.0
+
+    def step(self, dynamics, t0, t1, x, state, noise):
+        sched = dynamics.schedule
+        x0 = dynamics.denoise(t0, x)
+        l0, l1 = lam(sched, t0), lam(sched, t1)
+        h = l1 - l0
+        a1, _ = coeffs(sched, t1)
+        x_new = data_step(sched, t0, t1, x, x0, h)
+        hist = state["hist"]
+        if hist:
+            phi_2 = math.expm1(-h) / h + 1.0
+            l_1, x0_1 = hist[0]
+            r0 = (l0 - l_1) / h
+            d1_0 = (x0 - x0_1) / r0
+            if len(hist) == 1:
+                x_new = x_new + (a1 * phi_2) * d1_0
+            else:
+                l_2, x0_2 = hist[1]
+                r1 = (l_1 - l_2) / h
+                d1_1 = (x0_1 - x0_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_3 = phi_2 / h - 0.5
+                x_new = x_new + (a1 * phi_2) * d1 - (a1 * phi_3) * d2
+        return x_new, self._push(state, l0, x0, 2)

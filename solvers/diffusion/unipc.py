@@ -1,0 +1,176 @@
+"""UniPC (Zhao, Bai, Rao, Zhou & Lu 2023): the unified predictor-corrector multistep solver, in data
+prediction (x0_hat) with lambda = log(alpha / sigma) and h = lambda_1 - lambda_0.
+
+Predictor UniP-p (from t0 to t1, model outputs m_0 at t0 and m_k at earlier points s_k):
+
+    x_1 = (sigma_1/sigma_0) x_0 + alpha_1 (1 - e^{-h}) m_0 - alpha_1 B(h) sum_k rho_k D_k,
+    D_k = (m_k - m_0) / r_k,  r_k = (lambda(s_k) - lambda_0) / h,
+
+with rho solving R rho = g(h)/B(h) (R_ik = r_k^{i-1}; g_i = i! phi_{i+1}(-h) h-terms), and
+B(h) = h ("bh1") or e^h - 1 ("bh2", both in -h for data prediction).  Corrector UniC-p: the same
+update from the previous point with the new model output m_1 (evaluated at the predicted x_1, so no
+extra NFE) added to the interpolation nodes; it raises the order by one (paper Thm. 3.3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from solvers.base import Solver
+from solvers.diffusion.dpm_solver import coeffs, lam
+from solvers.registry import register_solver
+
+_REFERENCE = ("Zhao, Bai, Rao, Zhou & Lu 2023, UniPC: A Unified Predictor-Corrector Framework for "
+              "Fast Sampling of Diffusion Models; diffusers UniPCMultistepScheduler")
+
+
+def _b_vector(h: float, n: int, variant: str) -> tuple[float, list[float]]:
+    """B(h) and the right-hand side b_i = i! h phi-term_i / B(h), i = 1..n (data prediction, hh = -h),
+    by the recursion of the reference implementation."""
+    hh = -h
+    h_phi_k = math.expm1(hh) / hh - 1.0
+    B = hh if variant == "bh1" else math.expm1(hh)
+    b, fact = [], 1.0
+    for i in range(1, n + 1):
+        b.append(h_phi_k * fact / B)
+        fact *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / fact
+    return B, b
+
+
+def _finite(points):
+    """History entries at a finite lambda.  An entry at lambda = -inf (alpha = 0: rectified flow at
+    t = 1) has r_k = inf and D_k = 0; dropping it is the limit of the formulas."""
+    return [(l, m) for (l, m) in points if math.isfinite(l)]
+
+
+@dataclass(frozen=True)
+class _UniPC(Solver):
+    """Multistep UniPC-p, data prediction; subclasses fix B(h).
+
+    ODE, 1 NFE per step, order ``solver_order + 1`` (UniP-p is order p, the corrector adds one;
+    the final step's prediction is not corrected -- that would cost an NFE -- which keeps the
+    global order).  Warm-up: step i uses order min(p, i + 1).
+
+    Equals diffusers' ``UniPCMultistepScheduler`` (predict_x0=True, disable_corrector=[],
+    the default final_sigmas_type="zero") on the same grid: its last step into sigma = 0 is the
+    denoise step here.  As in the reference implementation, rho = 1/2 for the UniP-2 predictor
+    and for the UniC-1 corrector (the h -> 0 limit of the solved coefficient); other orders solve
+    the linear system.
+
+    ``lower_order_final`` (default True, diffusers' rule) caps the order of step i at the number of
+    grid intervals left, the denoise step counting as one, on grids that end at t = 0.  On
+    ``final="t_min"`` grids it does nothing: diffusers with final_sigmas_type="sigma_min" would take
+    the last step at first order and uncorrected, which caps the global order at 2.
+
+    From alpha = 0 (lambda = -inf, rectified flow at t = 1) the first step is the DDIM step; history
+    at lambda = -inf is dropped (the limit r_k -> inf), and the corrector of the step that started
+    there is skipped (with the reference's rho = 1/2, bh1's B(h) = -h has no finite limit)."""
+
+    solver_order: int = 2
+    lower_order_final: bool = True
+
+    variant: ClassVar[str] = "bh2"
+    kind = "ode"
+    stages = 1
+    reference = _REFERENCE
+
+    def __post_init__(self):
+        if isinstance(self.solver_order, bool) or self.solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
+        if not isinstance(self.lower_order_final, bool):
+            raise ValueError(f"lower_order_final must be true or false, got {self.lower_order_final!r}")
+        # the declared convergence order follows the parameter (UniPC-p has order p + 1)
+        object.__setattr__(self, "order", float(self.solver_order + 1))
+
+    def init_state(self, dynamics, x, grid):
+        # hist: (lambda, x0_hat) of earlier grid points, newest first; base: the previous step's
+        # start (t, lambda, corrected x, predictor order) for the corrector
+        return {"i": 0, "n": grid.steps, "final": grid.final, "hist": (), "base": None}
+
+    def step(self, dynamics, t0, t1, x, state, noise):
+        sched = dynamics.schedule
+        m0 = dynamics.denoise(t0, x)
+        l0, l1 = lam(sched, t0), lam(sched, t1)
+        hist = state["hist"]
+        if state["base"] is not None:
+            x = self._correct(sched, state["base"], hist, t0, l0, x, m0)
+        i = state["i"]
+        order = min(self.solver_order, i + 1)
+        if self.lower_order_final and state["final"] == "zero":
+            order = min(order, state["n"] - i)
+        x_new = self._predict(sched, x, t0, l0, m0, t1, l1, hist, order)
+        state = {**state, "i": i + 1, "hist": ((l0, m0),) + hist[: self.solver_order - 1],
+                 "base": (t0, l0, x, order)}
+        return x_new, state
+
+    # ------------------------------------------------------------------------------------------
+    def _predict(self, sched, x, t0, l0, m0, t1, l1, hist, order):
+        """UniP-order from (t0, x, m0) to t1 with the earlier outputs in ``hist``."""
+        a1, s1 = coeffs(sched, t1)
+        _, s0 = coeffs(sched, t0)
+        h = l1 - l0
+        x_new = (s1 / s0) * x + (a1 * -math.expm1(-h)) * m0
+        pts = _finite(hist[: order - 1])
+        if not pts:
+            return x_new
+        rks = [(lk - l0) / h for lk, _ in pts]
+        B, b = _b_vector(h, len(pts), self.variant)
+        if order == 2:
+            rhos = [0.5]
+        else:
+            R = np.array([[rk**p for rk in rks] for p in range(len(pts))])
+            rhos = np.linalg.solve(R, np.array(b)).tolist()
+        res = sum(rho * ((mk - m0) / rk) for rho, rk, (_, mk) in zip(rhos, rks, pts))
+        return x_new - (a1 * B) * res
+
+    def _correct(self, sched, base, hist, t, l, x, m_t):
+        """UniC: redo the previous step from its corrected start with m_t (the output at the
+        predicted x) as an extra node.  Returns x unchanged where the step started at
+        lambda = -inf."""
+        t_s, l_s, x_s, order = base
+        h = l - l_s
+        if not math.isfinite(h):
+            return x
+        a, s = coeffs(sched, t)
+        _, s_s = coeffs(sched, t_s)
+        m_s = hist[0][1]
+        x_c = (s / s_s) * x_s + (a * -math.expm1(-h)) * m_s
+        pts = _finite(hist[1:order])
+        rks = [(lk - l_s) / h for lk, _ in pts] + [1.0]
+        B, b = _b_vector(h, len(rks), self.variant)
+        if order == 1:
+            rhos = [0.5]
+        else:
+            R = np.array([[rk**p for rk in rks] for p in range(len(rks))])
+            rhos = np.linalg.solve(R, np.array(b)).tolist()
+        res = rhos[-1] * (m_t - m_s)
+        for rho, rk, (_, mk) in zip(rhos[:-1], rks, pts):
+            res = res + rho * ((mk - m_s) / rk)
+        return x_c - (a * B) * res
+
+
+@register_solver
+@dataclass(frozen=True)
+class UniPCBh1(_UniPC):
+    __doc__ = "UniPC with B(h) = h (``bh1``; the paper's choice for unconditional sampling).\n\n" + (
+        _UniPC.__doc__ or "")
+
+    name = "unipc_bh1"
+    variant = "bh1"
+    order = 3.0
+
+
+@register_solver
+@dataclass(frozen=True)
+class UniPCBh2(_UniPC):
+    __doc__ = ("UniPC with B(h) = e^h - 1 (``bh2``; diffusers' default, recommended for guided "
+               "sampling).\n\n" + (_UniPC.__doc__ or ""))
+
+    name = "unipc_bh2"
+    variant = "bh2"
+    order = 3.0
