@@ -58,8 +58,12 @@ class GaussianMixture:
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
-        scale = self.eigvecs[k] * self.eigvals[k].sqrt().unsqueeze(1)
-        return self.means[k] + torch.einsum("nij,nj->ni", scale, z)
+        # per component, not per sample: an [n, d, d] gather needs n d^2 memory (3 GB for 1e5 x 64)
+        x = torch.empty_like(z)
+        for j in range(len(self.weights)):
+            idx = k == j
+            x[idx] = self.means[j] + (z[idx] * self.eigvals[j].sqrt()) @ self.eigvecs[j].T
+        return x
 
 
 class GMMDenoiser(Denoiser):
@@ -180,8 +184,12 @@ def load_gmm_json(path: str) -> GMMDenoiser:
         t = sched_kw.pop("t_min")
         sched_kw["sigma_min"] = t / (1 - t) if name == "rf" else math.tan(0.5 * math.pi * t)
     schedule = make_schedule(name, **sched_kw)
-    shape = tuple(spec.get("data_shape", (mixture.dim,)))
-    return GMMDenoiser(mixture, schedule, shape)
+    shape = spec.get("data_shape", [mixture.dim])
+    if (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)
+            or math.prod(shape) != mixture.dim):
+        raise UserError(f"gmm:{p.name}.data_shape", shape,
+                        hint=f"expected positive integers with product {mixture.dim}")
+    return GMMDenoiser(mixture, schedule, tuple(shape))
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ class RungeKutta(Solver):
             for a, k in zip(row, ks):
                 if a != 0.0:
                     xi = xi + (h * a) * k
-            ks.append(dynamics.velocity(t0 + c * h, xi))
+            # the c = 1 stage is at t1 exactly: t0 + h rounds below t_min when t0 >> t1
+            ks.append(dynamics.velocity(t1 if c == 1.0 else t0 + c * h, xi))
         for b, k in zip(tab.b, ks):
             if b != 0.0:
                 x = x + (h * b) * k

@@ -1,0 +1,44 @@
+"""Small numerical helpers shared by the test files (import as ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+
+def fit_order(nfe: Sequence[float], err: Sequence[float]) -> float:
+    """Empirical convergence order: minus the least-squares slope of log(err) against log(nfe).
+
+    err ~ C * nfe^(-p)  =>  returns p.  Needs at least two points with positive, finite errors."""
+    if len(nfe) != len(err) or len(nfe) < 2:
+        raise ValueError(f"need >= 2 (nfe, err) pairs, got {len(nfe)} and {len(err)}")
+    xs = [math.log(float(n)) for n in nfe]
+    ys = []
+    for e in err:
+        e = float(e)
+        if not (e > 0 and math.isfinite(e)):
+            raise ValueError(f"errors must be positive and finite, got {e!r}")
+        ys.append(math.log(e))
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ValueError("nfe values must not all be equal")
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    return -sxy / sxx
+
+
+def err_rms(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """The benchmark's err_rms: RMS over the data dimensions per sample, mean over samples."""
+    d = (x.double() - ref.double()).reshape(x.shape[0], -1)
+    return float(d.pow(2).mean(dim=1).sqrt().mean())
+
+
+def autograd_derivative(fn, t: torch.Tensor) -> torch.Tensor:
+    """Elementwise d fn(t) / dt by autograd (fn maps a 1-D float64 tensor elementwise); a fn
+    that does not depend on t (alpha = 1) has derivative 0."""
+    tt = t.detach().clone().requires_grad_(True)
+    out = fn(tt) + 0.0 * tt
+    (g,) = torch.autograd.grad(out.sum(), tt)
+    return g
