@@ -189,18 +189,22 @@ def test_sample_npz(tmp_path):
      "solver parameter"),
     (["run", "missing.toml"], "spec"),
 ])
-def test_bad_input_exits_2_with_one_line(args, field, tmp_path):
-    r = sb(*args, cwd=tmp_path)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr and field in lines[0]
+def test_bad_input_exits_2_with_one_line(args, field, tmp_path, capsys, monkeypatch):
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert field in lines[0]
     assert not list(tmp_path.glob("results"))
 
 
-def test_unknown_name_lists_choices():
+def test_unknown_name_lists_choices_in_a_real_process():
     r = sb("run", "--models", "gmm2d", "--solvers", "eulr", "--steps", "4")
     assert r.returncode == 2 and "valid choices" in r.stderr and "heun" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("body,field", [
@@ -214,13 +218,14 @@ def test_unknown_name_lists_choices():
     ('solvers = ["euler"]\nsteps = [4]\n', "models"),
     ('models = ["gmm2d"]\nsolvers = ["dopri5"]\ntolerances = [2.0]\n', "tolerances"),
 ])
-def test_malformed_spec(body, field, tmp_path):
+def test_malformed_spec(body, field, tmp_path, capsys):
+    from bench.cli import main
+
     spec = write_spec(tmp_path / "bad.toml", body)
     out = tmp_path / "out"
-    r = sb("run", spec, "--out", out)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert len(r.stderr.strip().splitlines()) == 1 and field in r.stderr
-    assert "Traceback" not in r.stderr
+    assert main(["run", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and field in err
     assert not out.exists()
 
 
@@ -232,13 +237,22 @@ def test_malformed_spec(body, field, tmp_path):
     ('{"weights": [1], "means": [[0, 0]], "covs": [[[1, 2], [2, 1]]]}', "covs"),
     ('{"weights": [1], "means": [[0, 0]], "stds": [1], "colour": 3}', "key"),
 ])
-def test_malformed_gmm_json(doc, field, tmp_path):
+def test_malformed_gmm_json(doc, field, tmp_path, capsys):
+    from bench.cli import main
+
     f = tmp_path / "m.json"
     f.write_text(doc)
-    r = sb("sample", f"gmm:{f}", "euler", "--steps", "4", "--out", tmp_path / "x.npz")
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert len(r.stderr.strip().splitlines()) == 1 and field in r.stderr
-    assert "Traceback" not in r.stderr
+    assert main(["sample", f"gmm:{f}", "euler", "--steps", "4", "--out", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and field in err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_malformed_spec_in_a_real_process(tmp_path):
+    spec = write_spec(tmp_path / "bad.toml", 'models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [-4]\n')
+    r = sb("run", spec, "--out", tmp_path / "out")
+    assert r.returncode == 2 and "steps" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_gmm_json_model_runs(tmp_path):
