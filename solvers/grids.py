@@ -110,6 +110,72 @@ def _logsnr(schedule, n, t_min, **_):
     return schedule.t_from_log_snr(lam)
 
 
+@register_grid("exponential", {}, "uniform in log(sigma/alpha) (k-diffusion get_sigmas_exponential; "
+               "the same points as logsnr)")
+def _exponential(schedule, n, t_min, **_):
+    lo, hi = math.log(float(schedule.ratio(t_min))), math.log(_start_ratio(schedule))
+    return schedule.t_from_ratio(torch.exp(torch.linspace(hi, lo, n, dtype=torch.float64)))
+
+
+@register_grid("polyexponential", {"rho": 1.0},
+               "k-diffusion get_sigmas_polyexponential: log ratio = log smin + ramp^rho (log smax - "
+               "log smin), ramp from 1 to 0; rho = 1 is exponential")
+def _polyexponential(schedule, n, t_min, rho):
+    _positive("rho", rho)
+    lo, hi = math.log(float(schedule.ratio(t_min))), math.log(_start_ratio(schedule))
+    ramp = torch.linspace(1, 0, n, dtype=torch.float64) ** rho
+    return schedule.t_from_ratio(torch.exp(lo + ramp * (hi - lo)))
+
+
+@register_grid("quadratic", {}, "DDIM's quadratic spacing: t = t_min + (t_max - t_min) u^2, u uniform")
+def _quadratic(schedule, n, t_min, **_):
+    u = torch.linspace(1, 0, n, dtype=torch.float64)
+    return t_min + (float(schedule.t_max) - t_min) * u**2
+
+
+def _time_shift(u, shift):
+    return shift * u / (1 + (shift - 1) * u)
+
+
+@register_grid("shift", {"shift": 3.0},
+               "SD3 / Flux time shift of a uniform grid: t = s u / (1 + (s - 1) u) on t / t_max, "
+               "ends kept at t_max and t_min")
+def _shift(schedule, n, t_min, shift):
+    _positive("shift", shift)
+    t_max = float(schedule.t_max)
+    v = t_min / t_max                                   # shifted end -> unshifted u_min
+    u_min = v / (shift - (shift - 1) * v)
+    u = torch.linspace(1, u_min, n, dtype=torch.float64)
+    return t_max * _time_shift(u, shift)
+
+
+@register_grid("list", {"values": None, "space": "t"},
+               "user-given decreasing values in t (space = 't') or in sigma/alpha (space = "
+               "'ratio'); steps must match their number")
+def _list(schedule, n, t_min, values, space):
+    if space not in ("t", "ratio"):
+        raise UserError("grid parameter 'space' of 'list'", space, ["t", "ratio"])
+    try:
+        v = torch.as_tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise UserError("grid parameter 'values' of 'list'", values,
+                        hint="a list of numbers") from None
+    if v.ndim != 1 or v.numel() != n:
+        raise UserError("steps for the 'list' grid", n, hint=f"the grid has {v.numel() if v.ndim == 1 else '?'} values; "
+                        f"the grid needs as many points as values: steps = number of values "
+                        f"(final='zero') or one less (final='t_min')")
+    t = schedule.t_from_ratio(v) if space == "ratio" else v
+    if not (t[1:] < t[:-1]).all() or (t <= 0).any() or t[0] > schedule.t_max * (1 + 1e-12):
+        raise UserError("grid parameter 'values' of 'list'", values,
+                        hint=f"strictly decreasing, positive, at most t_max = {schedule.t_max:g}")
+    return t
+
+
+def _positive(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise UserError(f"grid parameter {name!r}", v, hint="a positive number")
+
+
 def make_grid(name: str, schedule: Schedule, steps: int, final: str = "zero", **params) -> Grid:
     """Build and validate a grid.  Unknown names/params and steps < 1 raise ``UserError``."""
     if name not in _GRIDS:
@@ -125,6 +191,12 @@ def make_grid(name: str, schedule: Schedule, steps: int, final: str = "zero", **
     kw = {**defaults, **{k: v for k, v in params.items() if k != "t_min"}}
     t_min = _t_min(schedule, params)
     n = steps if final == "zero" else steps + 1
+    if name == "list":
+        if kw["values"] is None:
+            raise UserError("grid parameter 'values' of 'list'", None, hint="give the time points")
+        t = fn(schedule, n, t_min, **kw)
+        return Grid(t=torch.cat([t, t.new_zeros(1)]) if final == "zero" else t, name=name,
+                    final=final, params={k: v for k, v in kw.items()})
     if n == 1:
         t = torch.tensor([_first_point(name, schedule)], dtype=torch.float64)
     else:
@@ -143,6 +215,6 @@ def make_grid(name: str, schedule: Schedule, steps: int, final: str = "zero", **
 
 
 def _first_point(name: str, schedule: Schedule) -> float:
-    if name == "uniform":
+    if name in ("uniform", "quadratic", "shift"):
         return float(schedule.t_max)
     return float(schedule.t_from_ratio(_start_ratio(schedule)))
