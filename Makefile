@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	# pin whatever torch was installed so the project install cannot replace it
 	$(BIN)/python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > $(VENV)/constraints.txt
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --no-deps k-diffusion
 	touch $(STAMP)
 
 bench: $(STAMP)

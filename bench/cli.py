@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   samplerbench sample gmm2d heun --steps 18 --n 512 --out samples.npz
   samplerbench sample gmm64 euler_ancestral --steps 32 --noise brownian --solver-opt eta=0.5 --out x.npz
   samplerbench report results/quick --format md,csv,html
+  samplerbench check-solver dpmpp_2m
 """
 
 
@@ -78,11 +79,12 @@ def cmd_list(args) -> int:
     if what in ("grids", "all"):
         from solvers.grids import available_grids, grid_doc
 
-        print(f"{'grid':<12} {'params':<18} description")
+        print(f"{'grid':<16} {'params':<20} description")
         for name in available_grids():
             params, doc = grid_doc(name)
-            p = ",".join(f"{k}={v:g}" for k, v in params.items()) or "-"
-            print(f"{name:<12} {p:<18} {doc}")
+            p = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in params.items()) or "-"
+            print(f"{name:<16} {p:<20} {doc}")
     return 0
 
 
@@ -138,6 +140,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from bench.conformance import check_solver
+
+    rep = check_solver(args.name, _kv(args.solver_opt, "--solver-opt"), model=args.model)
+    print(rep.format())
+    return 0 if rep.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="samplerbench", description="Benchmark diffusion / flow-matching samplers.",
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     sm.add_argument("--out", required=True, help="output .npz")
     sm.set_defaults(fn=cmd_sample)
+
+    ck = sub.add_parser("check-solver", help="conformance: measured vs declared order, NFE "
+                        "honesty, determinism, batch and shape invariance, flow models")
+    ck.add_argument("name")
+    ck.add_argument("--solver-opt", action="append", metavar="KEY=VALUE")
+    ck.add_argument("--model", default="gmm64", choices=["gmm64", "gmm64-vp"],
+                    help="analytic mixture to test on (default gmm64, EDM schedule)")
+    ck.set_defaults(fn=cmd_check)
 
     rp = sub.add_parser("report", help="tables and plots from a run directory")
     rp.add_argument("dir")

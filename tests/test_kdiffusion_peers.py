@@ -29,7 +29,6 @@ import types
 from pathlib import Path
 
 import pytest
-import torch
 
 from models.dynamics import ProbabilityFlowODE
 from models.zoo import load_model

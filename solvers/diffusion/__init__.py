@@ -1,5 +1,5 @@
 """Diffusion-specific samplers (DDIM, ancestral, ...)."""
 
 from solvers.diffusion import ddim, euler_ancestral  # noqa: F401  (registers solvers)
-from solvers.diffusion import dpm_2, dpm_solver, dpmpp, edm_heun, lms  # noqa: F401  (registers solvers)
+from solvers.diffusion import dpm_2, dpm_solver, dpmpp, edm_heun, lms  # noqa: F401
 from solvers.diffusion import deis, ipndm, unipc  # noqa: F401  (registers solvers)

@@ -52,10 +52,11 @@ class DEIS(Solver):
                  "diffusers DEISMultistepScheduler")
 
     def __post_init__(self):
-        if isinstance(self.solver_order, bool) or self.solver_order not in (1, 2, 3):
+        if type(self.solver_order) is not int or self.solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
         if not isinstance(self.lower_order_final, bool):
-            raise ValueError(f"lower_order_final must be true or false, got {self.lower_order_final!r}")
+            raise ValueError(
+                f"lower_order_final must be true or false, got {self.lower_order_final!r}")
         object.__setattr__(self, "order", float(self.solver_order))
 
     def init_state(self, dynamics, x, grid):
@@ -77,10 +78,10 @@ class DEIS(Solver):
         x_new = a1 * x0 + s1 * eps
         pts = [(u, e) for (u, e) in state["hist"][: order - 1] if math.isfinite(u)]
         if pts and math.isfinite(u0):
-            # variable v = log rho - log rho_1, so that d rho = rho_1 e^v dv and alpha_1 rho_1 = sigma_1
+            # in v = log rho - log rho_1: d rho = rho_1 e^v dv, and alpha_1 rho_1 = sigma_1
             nodes = [u0 - u1] + [u - u1 for u, _ in pts]
             w = basis_integrals(nodes, u0 - u1, 0.0, exp_weight=True)
             for wj, (_, ej) in zip(w[1:], pts):
                 x_new = x_new + (s1 * wj) * (ej - eps)
-        state = {**state, "i": i + 1, "hist": ((u0, eps),) + state["hist"][: max(self.solver_order - 2, 0)]}
-        return x_new, state
+        hist = ((u0, eps),) + state["hist"][: max(self.solver_order - 2, 0)]
+        return x_new, {**state, "i": i + 1, "hist": hist}

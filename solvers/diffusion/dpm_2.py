@@ -19,9 +19,11 @@ class DPM2(Solver):
 
     ODE, order 2, 2 NFE per step.  "Inspired by DPM-Solver-2 and Karras et al. 2022, Alg. 2"
     (Crowson); it is the explicit midpoint rule in sigmabar with the stage placed at the midpoint
-    in log sigmabar.  Equals ``sample_dpm_2`` (s_churn = 0) on an EDM model and on the VE view
-    of any other.  A step from alpha = 0 (sigmabar = inf; rectified flow at t = 1) is the Euler
-    (= DDIM) step -- the midpoint is at infinity too -- and costs 1 NFE."""
+    in log sigmabar.  Equals ``sample_dpm_2`` (s_churn = 0) on an EDM model and on the VE view of
+    any other.  Algebraically it is DPM-Solver-2 (``dpm_solver_2``, r1 = 1/2): the two agree up
+    to rounding; this name is k-diffusion's.  A step from alpha = 0 (sigmabar = inf; rectified
+    flow at t = 1) is the Euler (= DDIM) step -- the midpoint is at infinity too -- and costs
+    1 NFE."""
 
     name = "dpm_2"
     kind = "ode"

@@ -100,6 +100,7 @@ class DPMSolver2(DPMSolverSinglestep):
     x_1 = DPM-Solver-1(x) - sigma_1 (e^h - 1) / (2 r1) (eps_s1 - eps_0), h = lambda1 - lambda0.
 
     ODE, order 2, 2 NFE per step (noise prediction; k-diffusion ``DPMSolver.dpm_solver_2_step``).
+    Algebraically the same as k-diffusion's ``sample_dpm_2`` (``dpm_2``).
     A step from alpha = 0 (rectified flow at t = 1, lambda = -inf) is the first-order step (its
     stages all sit at t0 in the limit) and costs 1 NFE."""
 

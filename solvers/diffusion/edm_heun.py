@@ -27,7 +27,8 @@ class EDMHeun(Solver):
     kind = "ode"
     order = 2.0
     stages = 2
-    reference = "Karras, Aittala, Aila & Laine 2022, Elucidating the Design Space of Diffusion-Based Generative Models"
+    reference = ("Karras, Aittala, Aila & Laine 2022, Elucidating the Design Space of "
+                 "Diffusion-Based Generative Models")
 
     def step(self, dynamics, t0, t1, x, state, noise):
         sched = dynamics.schedule

@@ -40,7 +40,7 @@ class _IPNDM(Solver):
     reference = _REFERENCE
 
     def __post_init__(self):
-        if isinstance(self.solver_order, bool) or self.solver_order not in AB_COEFFS:
+        if type(self.solver_order) is not int or self.solver_order not in AB_COEFFS:
             raise ValueError(f"solver_order must be 1, 2, 3 or 4, got {self.solver_order!r}")
         object.__setattr__(self, "order", self._declared_order())
 

@@ -9,7 +9,8 @@ from typing import Sequence
 from numpy.polynomial import polynomial as P
 
 
-def basis_integrals(nodes: Sequence[float], a: float, b: float, exp_weight: bool = False) -> list[float]:
+def basis_integrals(nodes: Sequence[float], a: float, b: float,
+                    exp_weight: bool = False) -> list[float]:
     """[int_a^b L_j(s) w(s) ds for each node j], L_j the Lagrange basis polynomial on ``nodes``
     (L_j(nodes[k]) = delta_jk) and w(s) = 1, or e^s with ``exp_weight``.
 

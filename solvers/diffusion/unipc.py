@@ -1,15 +1,16 @@
 """UniPC (Zhao, Bai, Rao, Zhou & Lu 2023): the unified predictor-corrector multistep solver, in data
 prediction (x0_hat) with lambda = log(alpha / sigma) and h = lambda_1 - lambda_0.
 
-Predictor UniP-p (from t0 to t1, model outputs m_0 at t0 and m_k at earlier points s_k):
+Predictor UniP-p from t0 to t1 (model output m_0 at t0, m_k at the earlier grid points s_k):
 
     x_1 = (sigma_1/sigma_0) x_0 + alpha_1 (1 - e^{-h}) m_0 - alpha_1 B(h) sum_k rho_k D_k,
-    D_k = (m_k - m_0) / r_k,  r_k = (lambda(s_k) - lambda_0) / h,
+    D_k = (m_k - m_0) / r_k,   r_k = (lambda(s_k) - lambda_0) / h,
 
-with rho solving R rho = g(h)/B(h) (R_ik = r_k^{i-1}; g_i = i! phi_{i+1}(-h) h-terms), and
-B(h) = h ("bh1") or e^h - 1 ("bh2", both in -h for data prediction).  Corrector UniC-p: the same
-update from the previous point with the new model output m_1 (evaluated at the predicted x_1, so no
-extra NFE) added to the interpolation nodes; it raises the order by one (paper Thm. 3.3).
+where rho solves sum_k r_k^(i-1) rho_k = i! (-h) phi_{i+1}(-h) / B(h), i = 1..p-1, with
+phi_1(z) = (e^z - 1)/z, phi_{j+1}(z) = (phi_j(z) - 1/j!)/z, and B(h) = -h ("bh1") or
+e^{-h} - 1 ("bh2").  Corrector UniC-p: the same update of the previous step, redone from its
+corrected start with the new output m_1 -- evaluated at the predicted x_1, so no extra NFE -- as
+one more node (r = 1); it raises the order by one (paper Thm. 3.3).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ _REFERENCE = ("Zhao, Bai, Rao, Zhou & Lu 2023, UniPC: A Unified Predictor-Correc
 
 
 def _b_vector(h: float, n: int, variant: str) -> tuple[float, list[float]]:
-    """B(h) and the right-hand side b_i = i! h phi-term_i / B(h), i = 1..n (data prediction, hh = -h),
-    by the recursion of the reference implementation."""
+    """B(h) and the right-hand sides b_i = i! hh phi_{i+1}(hh) / B(h), i = 1..n, hh = -h (data
+    prediction), by the recursion of the reference implementation."""
     hh = -h
     h_phi_k = math.expm1(hh) / hh - 1.0
     B = hh if variant == "bh1" else math.expm1(hh)
@@ -58,7 +59,8 @@ class _UniPC(Solver):
 
     Equals diffusers' ``UniPCMultistepScheduler`` (predict_x0=True, disable_corrector=[],
     the default final_sigmas_type="zero") on the same grid: its last step into sigma = 0 is the
-    denoise step here.  As in the reference implementation, rho = 1/2 for the UniP-2 predictor
+    denoise step here (for bh1 diffusers' own last step returns NaN, B(h) = -h = -inf times a zero
+    correction; the denoise step is what it returns for bh2).  As in the reference implementation, rho = 1/2 for the UniP-2 predictor
     and for the UniC-1 corrector (the h -> 0 limit of the solved coefficient); other orders solve
     the linear system.
 
@@ -80,10 +82,11 @@ class _UniPC(Solver):
     reference = _REFERENCE
 
     def __post_init__(self):
-        if isinstance(self.solver_order, bool) or self.solver_order not in (1, 2, 3):
+        if type(self.solver_order) is not int or self.solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {self.solver_order!r}")
         if not isinstance(self.lower_order_final, bool):
-            raise ValueError(f"lower_order_final must be true or false, got {self.lower_order_final!r}")
+            raise ValueError(
+                f"lower_order_final must be true or false, got {self.lower_order_final!r}")
         # the declared convergence order follows the parameter (UniPC-p has order p + 1)
         object.__setattr__(self, "order", float(self.solver_order + 1))
 
@@ -128,7 +131,7 @@ class _UniPC(Solver):
         res = sum(rho * ((mk - m0) / rk) for rho, rk, (_, mk) in zip(rhos, rks, pts))
         return x_new - (a1 * B) * res
 
-    def _correct(self, sched, base, hist, t, l, x, m_t):
+    def _correct(self, sched, base, hist, t, l, x, m_t):  # noqa: E741
         """UniC: redo the previous step from its corrected start with m_t (the output at the
         predicted x) as an extra node.  Returns x unchanged where the step started at
         lambda = -inf."""
@@ -157,8 +160,8 @@ class _UniPC(Solver):
 @register_solver
 @dataclass(frozen=True)
 class UniPCBh1(_UniPC):
-    __doc__ = "UniPC with B(h) = h (``bh1``; the paper's choice for unconditional sampling).\n\n" + (
-        _UniPC.__doc__ or "")
+    __doc__ = ("UniPC with B(h) = h (``bh1``; the paper's choice for unconditional sampling).\n\n"
+               + (_UniPC.__doc__ or ""))
 
     name = "unipc_bh1"
     variant = "bh1"
