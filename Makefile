@@ -28,7 +28,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 perf: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-only
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-only -o python_files="bench_*.py" --benchmark-columns=median,iqr,rounds
 
 clean:
 	rm -rf $(VENV) build *.egg-info
