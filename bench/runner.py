@@ -230,9 +230,37 @@ class Runner:
             row.update(status="failed", message=f"{type(exc).__name__}: {exc}{where}")
         return row
 
+    def _lock(self):
+        """An exclusive advisory lock on DIR/.lock: two runs never write one directory."""
+        import fcntl
+        import os
+
+        fh = open(self.out / ".lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise UserError("--out", str(self.out), hint=f"another samplerbench run (pid "
+                            f"{holder}) is writing to this directory; wait for it or choose "
+                            f"another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        return fh
+
     def run(self) -> dict:
         cells = expand_cells(self.spec, str(self.device))
         self.out.mkdir(parents=True, exist_ok=True)
+        lock = self._lock()
+        try:
+            return self._run(cells)
+        finally:
+            lock.close()
+
+    def _run(self, cells) -> dict:
         if not self.resume and self.store.path.exists():
             self.store.path.unlink()
         self.store.repair()

@@ -326,3 +326,35 @@ def test_report_tables_and_plot(tmp_path):
 
     df = pd.read_csv(rep / "rows.csv")
     assert len(df) == 6 and set(df["solver"]) == {"euler", "heun"}
+
+
+def test_two_runs_on_one_directory(tmp_path):
+    """While a run holds DIR, a second run exits 2 with a clear message and writes nothing."""
+    spec = write_spec(tmp_path / "l.toml", """
+        models = ["gmm64"]
+        solvers = ["rk4"]
+        steps = [64, 128, 256]
+        samples = 64
+        [timing]
+        repeats = 20
+    """)
+    out = tmp_path / "out"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    first = subprocess.Popen([sys.executable, "-m", "bench", "run", str(spec), "--out", str(out),
+                              "--quiet"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / "run.json").exists():
+            time.sleep(0.05)
+        assert (out / "run.json").exists()
+        r = sb("run", spec, "--out", out)
+        assert r.returncode == 2 and "another samplerbench run" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()
+    # once the first is gone the directory is free again (the lock dies with its process)
+    r = sb("run", "--models", "gmm2d", "--solvers", "euler", "--steps", "4", "--samples", "2",
+           "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
