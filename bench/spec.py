@@ -166,8 +166,8 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
                 raise UserError("tolerances", v, hint="each tolerance is a number in (0, 1)")
             tolerances.append(float(v))
-    for s in adaptive:
-        if "rtol" in s.params or "atol" in s.params:
+    for s, inst in zip(solvers, instances):
+        if inst.adaptive and ("rtol" in s.params or "atol" in s.params):
             raise UserError(f"solvers.{s.name}", "rtol/atol",
                             hint="set tolerances with the 'tolerances' axis, not per solver")
 

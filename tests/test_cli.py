@@ -217,6 +217,9 @@ def test_unknown_name_lists_choices_in_a_real_process():
     ('models = ["gmm2d"\nsolvers = ["euler"]\n', "malformed TOML"),
     ('solvers = ["euler"]\nsteps = [4]\n', "models"),
     ('models = ["gmm2d"]\nsolvers = ["dopri5"]\ntolerances = [2.0]\n', "tolerances"),
+    ('models = ["gmm2d"]\nsolvers = ["dopri5"]\n', "tolerances"),
+    ('models = ["gmm2d"]\nsolvers = [{name = "dopri5", rtol = 1e-3}]\ntolerances = [1e-3]\n',
+     "solvers.dopri5"),
 ])
 def test_malformed_spec(body, field, tmp_path, capsys):
     from bench.cli import main
@@ -253,6 +256,24 @@ def test_malformed_spec_in_a_real_process(tmp_path):
     r = sb("run", spec, "--out", tmp_path / "out")
     assert r.returncode == 2 and "steps" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_spec_with_fixed_and_adaptive_solvers(tmp_path):
+    spec = write_spec(tmp_path / "a.toml", """
+        models = ["gmm2d"]
+        solvers = ["heun", "dopri5", "scipy_rk45"]
+        steps = [4, 8]
+        tolerances = [1e-2, 1e-4]
+        samples = 4
+        dtype = "float64"
+    """)
+    r = sb("run", spec, "--out", tmp_path / "o", "--quiet")
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(tmp_path / "o")
+    assert len(rows) == 6 and all(x["status"] == "ok" for x in rows)
+    ad = sorted((x for x in rows if x["solver"] == "dopri5"), key=lambda x: -x["solver_params"]["rtol"])
+    assert [x["steps"] for x in ad] == [None, None]
+    assert ad[1]["err_rms"] < ad[0]["err_rms"] and ad[1]["nfe"] > ad[0]["nfe"]
 
 
 def test_gmm_json_model_runs(tmp_path):
