@@ -255,9 +255,13 @@ class Runner:
         cells = expand_cells(self.spec, str(self.device))
         self.out.mkdir(parents=True, exist_ok=True)
         lock = self._lock()
+        threads = torch.get_num_threads()
+        if self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
         try:
             return self._run(cells)
         finally:
+            torch.set_num_threads(threads)
             lock.close()
 
     def _run(self, cells) -> dict:

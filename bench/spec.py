@@ -13,6 +13,7 @@ seed    = 0                       # sample i uses seed + i
 noise   = ["fresh", "brownian"]   # stochastic solvers only
 dtype   = "float64"               # model and state dtype
 device  = "cpu"                   # cpu | cuda | auto
+threads = 1                       # torch intra-op threads (default: torch's choice)
 
 [reference]                       # float64 dopri8 reference for err_rms / err_max
 rtol = 1e-10
@@ -44,7 +45,8 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "auto")
 
 _TOP_KEYS = {"name", "description", "models", "solvers", "grids", "steps", "tolerances", "final",
-             "samples", "seed", "noise", "dtype", "device", "reference", "timing", "metrics"}
+             "samples", "seed", "noise", "dtype", "device", "threads", "reference", "timing",
+             "metrics"}
 _SUB_KEYS = {"reference": {"rtol", "atol"}, "timing": {"warmup", "repeats"},
              "metrics": {"nonconv", "error"}}
 
@@ -81,6 +83,7 @@ class Spec:
     repeats: int = 3
     nonconv: bool = True
     error: bool = True
+    threads: int | None = None        # torch intra-op threads (None: torch's default)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -201,6 +204,9 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     for key in ("nonconv", "error"):
         if not isinstance(metrics.get(key, True), bool):
             raise UserError(f"metrics.{key}", metrics[key], ["true", "false"])
+    threads = raw.get("threads")
+    if threads is not None:
+        _int("threads", threads, 1)
     desc = raw.get("description", "")
     if not isinstance(desc, str):
         raise UserError("description", desc, hint="a string")
@@ -211,7 +217,7 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
         ref_rtol=float(ref.get("rtol", 1e-10)), ref_atol=float(ref.get("atol", 1e-10)),
         warmup=_int("timing.warmup", timing.get("warmup", 1), 0),
         repeats=_int("timing.repeats", timing.get("repeats", 3), 1),
-        nonconv=metrics.get("nonconv", True), error=metrics.get("error", True),
+        nonconv=metrics.get("nonconv", True), error=metrics.get("error", True), threads=threads,
     )
 
 
