@@ -127,6 +127,18 @@ def _latex(table: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines)
 
 
+_MARKERS = "osD^v<>ph*"
+
+
+def _style(i: int) -> dict:
+    """Distinct colour / marker / line style for up to ~60 series."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return {"color": cmap(i % 20), "marker": _MARKERS[i % len(_MARKERS)],
+            "linestyle": ("-", "--", "-.")[(i // 20) % 3]}
+
+
 def plot_err_vs_nfe(df: pd.DataFrame, path: Path, title: str) -> bool:
     import matplotlib
 
@@ -136,17 +148,17 @@ def plot_err_vs_nfe(df: pd.DataFrame, path: Path, title: str) -> bool:
     ok = df[(df["status"] == "ok") & df["err_rms"].notna() & (df["err_rms"] > 0)]
     if ok.empty:
         return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for label, g in ok.groupby("label", sort=False):
+    fig, ax = plt.subplots(figsize=(9.0, 5.2))
+    for i, (label, g) in enumerate(ok.groupby("label", sort=False)):
         g = g.sort_values("nfe")
         p = fit_order(g["nfe"], g["err_rms"])
         tag = f"{label} (p≈{p:.2f})" if p is not None else label
-        ax.loglog(g["nfe"], g["err_rms"], "o-", ms=3.5, lw=1.3, label=tag)
+        ax.loglog(g["nfe"], g["err_rms"], ms=4, lw=1.3, label=tag, **_style(i))
     ax.set_xlabel("NFE (counted)")
     ax.set_ylabel("RMS error vs float64 reference")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -162,15 +174,15 @@ def plot_nonconv(df: pd.DataFrame, path: Path, title: str) -> bool:
     ok = df[(df["status"] == "ok") & df["nonconv"].notna() & (df["nonconv"] > 0)]
     if ok.empty:
         return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for label, g in ok.groupby("label", sort=False):
+    fig, ax = plt.subplots(figsize=(9.0, 5.2))
+    for i, (label, g) in enumerate(ok.groupby("label", sort=False)):
         g = g.sort_values("steps")
-        ax.loglog(g["steps"], g["nonconv"], "o-", ms=3.5, lw=1.3, label=label)
+        ax.loglog(g["steps"], g["nonconv"], ms=4, lw=1.3, label=label, **_style(i))
     ax.set_xlabel("steps N")
     ax.set_ylabel("RMS(x_N − x_2N), same seed")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
