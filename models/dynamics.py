@@ -25,6 +25,8 @@ class _Dynamics(torch.nn.Module):
         self.denoiser = denoiser
         self.schedule = denoiser.schedule
         self.cond = dict(cond or {})
+        self._coef: dict[float, tuple[float, float, float, float]] = {}
+        self._tvec: dict = {}
 
     @property
     def nfe(self) -> int:
@@ -40,10 +42,35 @@ class _Dynamics(torch.nn.Module):
 
     def denoise(self, t, x: Tensor) -> Tensor:
         """x0_hat = D(x, t); 1 NFE.  ``t`` is a scalar or per-sample [B]."""
-        return self.denoiser(x, self._t(t, x).to(x.dtype), **self.cond)
+        if isinstance(t, (float, int)):
+            # the per-sample time vector of a scalar time is built once per (t, batch, dtype)
+            key = (float(t), x.shape[0], x.dtype, x.device)
+            tv = self._tvec.get(key)
+            if tv is None:
+                if len(self._tvec) > 4096:
+                    self._tvec.clear()
+                tv = self._tvec[key] = torch.full((x.shape[0],), float(t), dtype=x.dtype,
+                                                  device=x.device)
+        else:
+            tv = self._t(t, x).to(x.dtype)
+        # the counting wrapper is ours and has no hooks: call its forward directly
+        return self.denoiser.forward(x, tv, **self.cond)
 
     def coefficients(self, t, x: Tensor):
-        """alpha, sigma, alpha', sigma' at t, broadcast against x (no model call)."""
+        """alpha, sigma, alpha', sigma' at t, broadcast against x (no model call).
+
+        For one time for the whole batch (the solvers' case) they are Python floats, computed
+        in float64 once per time value and cached: the hot loop pays no per-sample work."""
+        if isinstance(t, (float, int)) or (isinstance(t, Tensor) and t.ndim == 0):
+            key = float(t)
+            c = self._coef.get(key)
+            if c is None:
+                c = tuple(float(v) for v in self.schedule.coefficients(
+                    torch.tensor(key, dtype=torch.float64)))
+                if len(self._coef) > 4096:
+                    self._coef.clear()
+                self._coef[key] = c
+            return c
         return tuple(expand_like(c, x) for c in self.schedule.coefficients(self._t(t, x)))
 
     def x0_eps(self, t, x: Tensor) -> tuple[Tensor, Tensor]:
