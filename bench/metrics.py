@@ -46,6 +46,33 @@ def fit_order(nfe, err, n_points: int = 3, floor: float = 1e-11) -> float | None
     return float(-slope)
 
 
+def fit_order_ci(nfe, err, n_points: int = 3, floor: float = 1e-11, level: float = 0.95):
+    """(order, low, high): the fitted order of :func:`fit_order` with a ``level`` confidence
+    interval from the least-squares slope's standard error (Student t, n - 2 degrees of
+    freedom).  The interval is (None, None) with only two points."""
+    pts = sorted((float(n), float(e)) for n, e in zip(nfe, err)
+                 if n and e is not None and math.isfinite(e) and e > floor)[-n_points:]
+    p = fit_order([q[0] for q in pts], [q[1] for q in pts], n_points=n_points, floor=floor)
+    if p is None or len(pts) < 3:
+        return p, None, None
+    from scipy import stats
+
+    res = stats.linregress(np.log([q[0] for q in pts]), np.log([q[1] for q in pts]))
+    half = float(stats.t.ppf(0.5 + level / 2, len(pts) - 2) * res.stderr)
+    return p, p - half, p + half
+
+
+def pareto_front(cost, quality) -> list[int]:
+    """Indices of the points not dominated in (lower cost, lower error), sorted by cost."""
+    order = sorted(range(len(cost)), key=lambda i: (cost[i], quality[i]))
+    front, best = [], math.inf
+    for i in order:
+        if quality[i] < best:
+            front.append(i)
+            best = quality[i]
+    return front
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

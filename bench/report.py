@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.metrics import fit_order
+from bench.metrics import fit_order, fit_order_ci, pareto_front
 from bench.store import read_rows
 from models.errors import UserError
 
@@ -96,10 +96,39 @@ def metric_table(df: pd.DataFrame, metric: str, with_nfe: bool = True) -> pd.Dat
 def order_table(df: pd.DataFrame) -> pd.DataFrame:
     recs = []
     for (label, solver), g in df[df["status"] == "ok"].groupby(["label", "solver"], sort=False):
-        p = fit_order(g["nfe"], g["err_rms"])
-        recs.append({"solver": label, "declared order": declared_order(solver),
+        p, lo, hi = fit_order_ci(g["nfe"], g["err_rms"])
+        declared = declared_order(solver)
+        params = g["solver_params"].iloc[0] or {}
+        if "solver_order" in params:                        # declared order is per instance
+            try:
+                from solvers.registry import get_solver
+
+                declared = get_solver(solver, **params).order
+            except Exception:
+                pass
+        recs.append({"solver": label, "declared order": declared,
                      "fitted order": None if p is None else round(p, 2),
+                     "95% CI": "—" if lo is None else f"[{lo:.2f}, {hi:.2f}]",
                      "NFE range": f"{int(g['nfe'].min())}–{int(g['nfe'].max())}"})
+    return pd.DataFrame(recs)
+
+
+BUDGETS = (5, 10, 20, 50, 100, 200, 500)
+
+
+def best_per_budget(df: pd.DataFrame, metric: str = "err_rms") -> pd.DataFrame:
+    """For each NFE budget, the cells with the lowest ``metric`` among those within it."""
+    ok = df[(df["status"] == "ok") & df[metric].notna() & df["nfe"].notna()]
+    recs = []
+    for b in BUDGETS:
+        within = ok[ok["nfe"] <= b].sort_values(metric)
+        if within.empty:
+            continue
+        top = within.drop_duplicates("label").head(3)
+        cells = [f"{r['label']} ({int(r['nfe'])} NFE): {r[metric]:.2e}" for _, r in top.iterrows()]
+        recs.append({"NFE budget": f"≤ {b}", "best": cells[0],
+                     "2nd": cells[1] if len(cells) > 1 else "—",
+                     "3rd": cells[2] if len(cells) > 2 else "—"})
     return pd.DataFrame(recs)
 
 
@@ -189,6 +218,36 @@ def plot_nonconv(df: pd.DataFrame, path: Path, title: str) -> bool:
     return True
 
 
+def plot_pareto(df: pd.DataFrame, path: Path, title: str) -> bool:
+    """Error vs wall time per sample; the Pareto front (no cell is both faster and better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = df[(df["status"] == "ok") & df["err_rms"].notna() & (df["err_rms"] > 0)
+            & df["time_per_sample_s"].notna()].reset_index(drop=True)
+    if ok.empty:
+        return False
+    fig, ax = plt.subplots(figsize=(9.0, 5.2))
+    for i, (label, g) in enumerate(ok.groupby("label", sort=False)):
+        st = _style(i)
+        ax.loglog(g["time_per_sample_s"], g["err_rms"], ls="none", ms=4, label=label,
+                  marker=st["marker"], color=st["color"])
+    front = pareto_front(list(ok["time_per_sample_s"]), list(ok["err_rms"]))
+    f = ok.iloc[front]
+    ax.loglog(f["time_per_sample_s"], f["err_rms"], "k-", lw=1, alpha=0.6, label="Pareto front")
+    ax.set_xlabel("wall time per sample, s (median of repeats)")
+    ax.set_ylabel("RMS error vs float64 reference")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
 
@@ -230,8 +289,12 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
             html_parts.append(err.to_html(na_rep="—", escape=True))
             tex_parts.append(_latex(err, f"{title}: RMS error (NFE)"))
             orders = order_table(g[g["err_rms"].notna()])
-            md += ["### Fitted order (last 3 points above the float floor)", "",
+            md += ["### Fitted order (last 3 points above the float floor, 95% CI)", "",
                    _md(orders.set_index("solver"))]
+            best = best_per_budget(g)
+            if not best.empty:
+                md += ["### Best solver per NFE budget (lowest error)", "", _md(best, index=False)]
+                html_parts.append(best.to_html(index=False))
             png = f"err_vs_nfe_{_slug(model)}_{_slug(grid)}.png"
             if plot_err_vs_nfe(g, out / png, title):
                 md += [f"![error vs NFE]({png})", ""]
@@ -246,6 +309,10 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
                 html_parts.append(f'<img src="{png}" alt="nonconv">')
         wall = metric_table(g, "time_per_sample_s", with_nfe=False)
         md += ["### Wall time per sample, seconds (median of repeats)", "", _md(wall)]
+        png = f"pareto_{_slug(model)}_{_slug(grid)}.png"
+        if plot_pareto(g, out / png, f"{title}: error vs time"):
+            md += [f"![error vs wall time]({png})", ""]
+            html_parts.append(f'<img src="{png}" alt="pareto">')
         adaptive = g[g["steps"].isna() & (g["status"] == "ok")]
         if not adaptive.empty:
             md += ["### Adaptive solvers (tolerance → error, NFE)", ""]
