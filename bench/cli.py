@@ -115,9 +115,12 @@ def cmd_run(args) -> int:
         spec = parse_spec(raw)
     summary = run_spec(spec, args.out, device=args.device, resume=not args.no_resume,
                        progress=not args.quiet)
+    status = summary["matrix_status"]          # over the whole matrix, reused cells included
+    bad = {k: status[k] for k in ("failed", "diverged") if status.get(k)}
     print(f"wrote {summary['out']}/rows.jsonl: {summary['cells']} cells "
-          f"({summary['reused']} reused, {summary['computed']} computed)")
-    return 0
+          f"({summary['reused']} reused, {summary['computed']} computed"
+          + "".join(f", {v} {k} in the matrix" for k, v in bad.items()) + ")")
+    return 1 if (args.strict and bad) else 0
 
 
 def cmd_sample(args) -> int:
@@ -176,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"])
     run.add_argument("--name", help="ad hoc: run name (default 'adhoc')")
     run.add_argument("--quiet", action="store_true", help="no progress line")
+    run.add_argument("--strict", action="store_true",
+                     help="exit 1 at the end if any cell failed or diverged (the run still "
+                     "completes every cell)")
     run.set_defaults(fn=cmd_run)
 
     sm = sub.add_parser("sample", help="draw samples with one solver into an .npz",

@@ -283,8 +283,13 @@ class Runner:
             self.store.append(row)
             counts[row["status"]] = counts.get(row["status"], 0) + 1
             progress.finish_cell(time.perf_counter() - t0)
+        ids = {c.case_id for c in cells}
+        matrix_status: dict[str, int] = {}
+        for r in read_rows(self.store.path):
+            if r.get("case_id") in ids:
+                matrix_status[r["status"]] = matrix_status.get(r["status"], 0) + 1
         summary = {"cells": len(cells), "reused": len(cells) - len(todo), "computed": len(todo),
-                   **counts, "out": str(self.out)}
+                   **counts, "matrix_status": matrix_status, "out": str(self.out)}
         parts = ", ".join(f"{v} {k}" for k, v in counts.items()) or "nothing to do"
         progress.close(f"{len(cells)} cells: {len(cells) - len(todo)} reused from rows.jsonl, "
                        f"{len(todo)} computed ({parts}) -> {self.store.path}")

@@ -95,6 +95,7 @@ def _uniform(schedule, n, t_min, **_):
 
 @register_grid("karras", {"rho": 7.0}, "Karras et al. 2022: uniform in ratio^(1/rho), rho = 7")
 def _karras(schedule, n, t_min, rho):
+    _positive("rho", rho)
     smin = float(schedule.ratio(t_min))
     smax = _start_ratio(schedule)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
@@ -174,6 +175,7 @@ def _list(schedule, n, t_min, values, space):
 def _positive(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
         raise UserError(f"grid parameter {name!r}", v, hint="a positive number")
+    return float(v)
 
 
 def make_grid(name: str, schedule: Schedule, steps: int, final: str = "zero", **params) -> Grid:

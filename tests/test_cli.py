@@ -128,6 +128,11 @@ def test_failure_isolation(plugin_path, tmp_path):
     assert status[("plug_raise", 4)] == "failed"
     assert "plugin bug" in next(x["message"] for x in rows if x["solver"] == "plug_raise")
     assert status[("heun", 4)] == status[("heun", 8)] == "ok"
+    assert "2 diverged in the matrix" in r.stdout and "1 failed" not in r.stdout
+    # --strict: the same matrix (all cells reused) exits 1 because of the bad cells
+    r = sb("run", "--models", "gmm2d", "--solvers", "plug_diverge,plug_raise,heun", "--steps",
+           "4,8", "--samples", "4", "--out", out, "--quiet", "--strict", plugin=plugin_path)
+    assert r.returncode == 1 and "6 reused" in r.stdout
     # the report still renders and names the bad cells
     r = sb("report", out, "--format", "md,csv")
     assert r.returncode == 0, r.stderr
@@ -220,6 +225,34 @@ def test_unknown_name_lists_choices_in_a_real_process():
     ('models = ["gmm2d"]\nsolvers = ["dopri5"]\n', "tolerances"),
     ('models = ["gmm2d"]\nsolvers = [{name = "dopri5", rtol = 1e-3}]\ntolerances = [1e-3]\n',
      "solvers.dopri5"),
+    ('models = []\nsolvers = ["euler"]\nsteps = [4]\n', "models"),
+    ('models = [1]\nsolvers = ["euler"]\nsteps = [4]\n', "models"),
+    ('models = ["gmm2d"]\nsolvers = []\nsteps = [4]\n', "solvers"),
+    ('models = ["gmm2d"]\nsolvers = [{eta = 1.0}]\nsteps = [4]\n', "solvers"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\ngrids = ["nope"]\n', "grid"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\ngrids = [{name = "karras", rho = "x"}]\n',
+     "rho"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\ngrids = [{name = "karras", nu = 1}]\n',
+     "grid parameter"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [0]\n', "steps"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [1.5]\n', "steps"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = ["4"]\n', "steps"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\nseed = -1\n', "seed"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\nseed = "a"\n', "seed"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\nfinal = "end"\n', "final"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\ndevice = "tpu"\n', "device"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\nthreads = 0\n', "threads"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\n[reference]\nrtol = 0.1\n', "reference.rtol"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\n[reference]\nfoo = 1\n', "reference key"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\n[timing]\nrepeats = 0\n', "timing.repeats"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\n[metrics]\nnonconv = "yes"\n', "metrics.nonconv"),
+    ('name = "a/b"\nmodels = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\n', "name"),
+    ('description = 3\nmodels = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\n', "description"),
+    ('models = ["gmm2d"]\nsolvers = ["dopri5"]\ntolerances = ["x"]\n', "tolerances"),
+    ('models = ["gmm2d"]\nsolvers = [{name = "euler_ancestral", eta = -1.0}]\nsteps = [4]\n', "eta"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\ntiming = 3\n', "timing"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\nsamples = true\n', "samples"),
+    ('models = ["gmm:nope.json"]\nsolvers = ["euler"]\nsteps = [4]\n', "gmm:nope.json"),
 ])
 def test_malformed_spec(body, field, tmp_path, capsys):
     from bench.cli import main
