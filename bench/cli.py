@@ -117,6 +117,8 @@ def cmd_run(args) -> int:
                        progress=not args.quiet)
     status = summary["matrix_status"]          # over the whole matrix, reused cells included
     bad = {k: status[k] for k in ("failed", "diverged") if status.get(k)}
+    if summary.get("rank", 0) != 0:                # torchrun: rank 0 reports
+        return 1 if (args.strict and bad) else 0
     print(f"wrote {summary['out']}/rows.jsonl: {summary['cells']} cells "
           f"({summary['reused']} reused, {summary['computed']} computed"
           + "".join(f", {v} {k} in the matrix" for k, v in bad.items()) + ")")

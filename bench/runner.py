@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from bench.distributed import Dist
 from bench.env import environment, git_sha
 from bench.metrics import error_metrics, nonconv, timed
 from bench.progress import Progress
@@ -107,6 +108,9 @@ class Runner:
         self.spec = spec
         self.out = Path(out_dir)
         self.device = resolve_device(device or spec.device)
+        self.dist = Dist.from_env(self.device)
+        if self.dist.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.resume = resume
         self.progress_enabled = progress
         self.store = RowStore(self.out)
@@ -177,12 +181,44 @@ class Runner:
         return x_ref
 
     # ------------------------------------------------------------------------------------------
-    def _solve(self, solver, den, grid, x_init, cell: Cell):
-        seeds = sample_seeds(cell.seed, cell.n_samples)
+    def _solve(self, solver, den, grid, x_init, seeds, noise_mode):
         dyn = solver.make_dynamics(den)
-        noise = (make_noise(cell.noise, seeds, den.data_shape, grid, dtype=x_init.dtype,
+        noise = (make_noise(noise_mode, seeds, den.data_shape, grid, dtype=x_init.dtype,
                             device=self.device) if solver.stochastic else None)
         return solver.solve(dyn, x_init, grid, noise)
+
+    def _sharded(self, solver, den, grid, x_init, cell: Cell, repeats: int, warmup: int):
+        """Solve this rank's share of the samples (timed), gather on every rank.
+
+        Returns a dict with x (all samples, CPU), status, message, nfe, forward_passes, wall
+        (the slowest rank's median).  An exception on any rank fails the cell on all of them
+        without leaving a rank waiting in a collective."""
+        part = self.dist.shard(cell.n_samples)
+        seeds = sample_seeds(cell.seed, cell.n_samples)[part]
+        local = {"status": "ok", "message": "", "x": None, "nfe": None, "fp": None, "wall": None}
+        try:
+            sol, wall, _ = timed(lambda: self._solve(solver, den, grid, x_init[part], seeds,
+                                                     cell.noise), self.device, warmup, repeats)
+            local.update(status=sol.status, message=sol.message, nfe=sol.nfe,
+                         fp=sol.forward_passes, wall=wall, x=sol.x.detach().cpu())
+        except Exception as exc:  # recorded, and the other ranks learn of it below
+            tb = traceback.extract_tb(exc.__traceback__)
+            where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+            local.update(status="failed", message=f"{type(exc).__name__}: {exc}{where}")
+        if self.dist.world == 1:
+            if local["status"] == "failed":
+                raise RuntimeError(local["message"])
+            return local
+        parts = self.dist.all_gather(local)
+        for st in ("failed", "diverged"):
+            bad = [p for p in parts if p["status"] == st]
+            if bad:
+                if st == "failed":
+                    raise RuntimeError(bad[0]["message"])
+                return {**bad[0], "x": None}
+        return {"status": "ok", "message": "", "x": torch.cat([p["x"] for p in parts]),
+                "nfe": max(p["nfe"] for p in parts), "fp": max(p["fp"] for p in parts),
+                "wall": max(p["wall"] for p in parts)}
 
     def run_cell(self, cell: Cell) -> dict:
         row = {**cell.config(), "case_id": cell.case_id, "nfe": None, "forward_passes": None,
@@ -204,24 +240,29 @@ class Runner:
             x_init = self._x_init(den, grid, cell)
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
-            sol, wall, _ = timed(lambda: self._solve(solver, den, grid, x_init, cell),
-                                 self.device, self.spec.warmup, self.spec.repeats)
-            row.update(nfe=sol.nfe, forward_passes=sol.forward_passes, wall_s=wall,
-                       time_per_sample_s=wall / cell.n_samples, status=sol.status,
-                       message=sol.message)
+            sol = self._sharded(solver, den, grid, x_init, cell, self.spec.repeats,
+                                self.spec.warmup)
+            wall = sol["wall"]
+            row.update(nfe=sol["nfe"], forward_passes=sol["fp"], wall_s=wall,
+                       time_per_sample_s=None if wall is None else wall / cell.n_samples,
+                       status=sol["status"], message=sol["message"])
             if self.device.type == "cuda":
                 row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
-            if sol.status != "ok":
+            if sol["status"] != "ok":
+                return row
+            x = sol["x"]
+            sol2 = None
+            if self.spec.nonconv and cell.steps is not None:      # every rank takes part
+                grid2 = make_grid(cell.grid.name, den.schedule, 2 * cell.steps, final=cell.final,
+                                  **cell.grid.params)
+                sol2 = self._sharded(solver, den, grid2, x_init, cell, repeats=1, warmup=0)
+            if not self.dist.is_main:
                 return row
             if self.spec.error and not solver.stochastic:
                 x_ref = self.reference(den, grid, cell, x_init)
-                row.update(error_metrics(sol.x.cpu(), x_ref))
-            if self.spec.nonconv and cell.steps is not None:
-                grid2 = make_grid(cell.grid.name, den.schedule, 2 * cell.steps, final=cell.final,
-                                  **cell.grid.params)
-                sol2 = self._solve(solver, den, grid2, x_init, cell)
-                if sol2.status == "ok":
-                    row["nonconv"] = nonconv(sol.x, sol2.x)
+                row.update(error_metrics(x, x_ref))
+            if sol2 is not None and sol2["status"] == "ok":
+                row["nonconv"] = nonconv(x, sol2["x"])
         except UserError:
             raise
         except Exception as exc:  # the cell fails, the matrix goes on
@@ -252,9 +293,11 @@ class Runner:
         return fh
 
     def run(self) -> dict:
-        cells = expand_cells(self.spec, str(self.device))
-        self.out.mkdir(parents=True, exist_ok=True)
-        lock = self._lock()
+        cells = expand_cells(self.spec, str(self.device.type))
+        lock = None
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            lock = self._lock()
         threads = torch.get_num_threads()
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
@@ -262,16 +305,21 @@ class Runner:
             return self._run(cells)
         finally:
             torch.set_num_threads(threads)
-            lock.close()
+            if lock is not None:
+                lock.close()
 
     def _run(self, cells) -> dict:
-        if not self.resume and self.store.path.exists():
-            self.store.path.unlink()
-        self.store.repair()
-        done = self.store.done_ids() if self.resume else set()
-        self._write_run_json()
+        main = self.dist.is_main
+        done: set = set()
+        if main:
+            if not self.resume and self.store.path.exists():
+                self.store.path.unlink()
+            self.store.repair()
+            done = self.store.done_ids() if self.resume else set()
+            self._write_run_json()
+        done = self.dist.broadcast(done)                    # every rank runs the same cells
         todo = [c for c in cells if c.case_id not in done]
-        progress = Progress(len(cells), enabled=self.progress_enabled)
+        progress = Progress(len(cells), enabled=self.progress_enabled and main)
         progress.done = len(cells) - len(todo)
         counts: dict[str, int] = {}
         import time
@@ -280,16 +328,20 @@ class Runner:
             progress.start(cell.label)
             t0 = time.perf_counter()
             row = self.run_cell(cell)
-            self.store.append(row)
+            if main:
+                self.store.append(row)
             counts[row["status"]] = counts.get(row["status"], 0) + 1
             progress.finish_cell(time.perf_counter() - t0)
         ids = {c.case_id for c in cells}
         matrix_status: dict[str, int] = {}
-        for r in read_rows(self.store.path):
-            if r.get("case_id") in ids:
-                matrix_status[r["status"]] = matrix_status.get(r["status"], 0) + 1
+        if main:
+            for r in read_rows(self.store.path):
+                if r.get("case_id") in ids:
+                    matrix_status[r["status"]] = matrix_status.get(r["status"], 0) + 1
+        matrix_status = self.dist.broadcast(matrix_status)
         summary = {"cells": len(cells), "reused": len(cells) - len(todo), "computed": len(todo),
-                   **counts, "matrix_status": matrix_status, "out": str(self.out)}
+                   **counts, "matrix_status": matrix_status, "out": str(self.out),
+                   "rank": self.dist.rank, "world": self.dist.world}
         parts = ", ".join(f"{v} {k}" for k, v in counts.items()) or "nothing to do"
         progress.close(f"{len(cells)} cells: {len(cells) - len(todo)} reused from rows.jsonl, "
                        f"{len(todo)} computed ({parts}) -> {self.store.path}")
@@ -300,7 +352,11 @@ def run_spec(spec: Spec, out_dir: str | Path | None = None, device: str | None =
              resume: bool = True, progress: bool = True) -> dict:
     """Library entry point of ``samplerbench run``."""
     out = Path(out_dir) if out_dir else Path("results") / spec.name
-    return Runner(spec, out, device=device, resume=resume, progress=progress).run()
+    runner = Runner(spec, out, device=device, resume=resume, progress=progress)
+    try:
+        return runner.run()
+    finally:
+        runner.dist.close()
 
 
 def rows(out_dir: str | Path) -> list[dict]:

@@ -1,0 +1,65 @@
+"""torchrun sharding on CPU (gloo): two processes give the same rows as one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available()
+                                or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+SPEC = """
+name = "dist"
+models = ["gmm64", "gmm64-rf"]
+solvers = ["heun", "dpmpp_2m", { name = "euler_ancestral", eta = 1.0 }, "plug_never"]
+steps = [4, 8]
+samples = 9
+dtype = "float64"
+threads = 1
+[timing]
+warmup = 0
+repeats = 1
+"""
+
+
+def _rows(d: Path) -> dict:
+    return {r["case_id"]: r for r in map(json.loads, (d / "rows.jsonl").read_text().splitlines())}
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    spec = tmp_path / "d.toml"
+    spec.write_text(textwrap.dedent(SPEC).replace(', "plug_never"', ""))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "bench", "run", str(spec), "--out",
+                          str(tmp_path / "one"), "--quiet"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "-m", "bench", "run", str(spec), "--out",
+                          str(tmp_path / "two"), "--quiet"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert set(a) == set(b) and len(a) == 12
+    for k, r in a.items():
+        s = b[k]
+        assert r["status"] == s["status"] == "ok"
+        assert r["nfe"] == s["nfe"] and r["n_samples"] == s["n_samples"] == 9
+        for m in ("err_rms", "err_max", "nonconv"):
+            if r[m] is None:
+                assert s[m] is None
+            else:
+                assert s[m] == pytest.approx(r[m], rel=1e-9, abs=1e-14), (r["solver"], m)
+    # rank 0 alone wrote the files
+    assert (tmp_path / "two" / "run.json").exists()
+    assert len((tmp_path / "two" / "rows.jsonl").read_text().splitlines()) == 12
