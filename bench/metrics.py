@@ -91,3 +91,94 @@ def timed(fn, device: torch.device, warmup: int, repeats: int):
         sync(device)
         times.append(time.perf_counter() - t0)
     return out, statistics.median(times), times
+
+
+# --------------------------------------------------------------------------------------------
+# SDE samplers: weak error (distributional distances) and the strong-error reference
+# --------------------------------------------------------------------------------------------
+
+def _psd_sqrt(a: torch.Tensor) -> torch.Tensor:
+    w, v = torch.linalg.eigh(0.5 * (a + a.T))
+    return (v * w.clamp(min=0.0).sqrt()) @ v.T
+
+
+def frechet_gaussian(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
+    """Frechet (2-Wasserstein) distance squared between N(mean_x, cov_x), the Gaussian fit of the
+    samples x [n, *S], and N(mean, cov) (known moments, e.g. ``GaussianMixture.mean()`` /
+    ``covariance()``):  |mean_x - mean|^2 + tr(cov_x + cov - 2 (cov_x^1/2 cov cov_x^1/2)^1/2).
+
+    The FID formula on known moments, in float64.  With n samples it has a positive bias of
+    O(d / n) even for exact samples; compare against that floor (``frechet_gaussian`` of exact
+    samples) rather than against 0."""
+    x = x.detach().double().reshape(x.shape[0], -1).cpu()
+    mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+    if x.shape[0] < 2 or mean.numel() != x.shape[1] or cov.shape != (x.shape[1], x.shape[1]):
+        raise ValueError(f"need n >= 2 samples of dimension d = {mean.numel()} and a d x d cov, "
+                         f"got x {tuple(x.shape)} and cov {tuple(cov.shape)}")
+    mx = x.mean(0)
+    cx = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
+    s = _psd_sqrt(cx)
+    cross = torch.linalg.eigvalsh(s @ cov @ s).clamp(min=0.0).sqrt().sum()
+    fd = (mx - mean).pow(2).sum() + torch.trace(cx) + torch.trace(cov) - 2.0 * cross
+    return float(fd.clamp(min=0.0))
+
+
+def swd(x: torch.Tensor, y: torch.Tensor, n_projections: int = 128, seed: int = 0) -> float:
+    """Sliced 2-Wasserstein distance between the samples x [n, *S] and y [m, *S]:
+    sqrt(mean over directions of W2^2 of the 1-D projections), with ``n_projections`` fixed
+    directions (uniform on the sphere, drawn from ``seed``) so that values are comparable across
+    runs.  1-D W2 between the empirical distributions via their quantile functions (exact for
+    n == m; on the merged quantile levels otherwise).  float64."""
+    x = x.detach().double().reshape(x.shape[0], -1).cpu()
+    y = y.detach().double().reshape(y.shape[0], -1).cpu()
+    if x.shape[1] != y.shape[1] or x.shape[0] < 1 or y.shape[0] < 1:
+        raise ValueError(f"samples must share their dimension, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    g = torch.Generator().manual_seed(int(seed))
+    theta = torch.randn(x.shape[1], int(n_projections), generator=g, dtype=torch.float64)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    px, _ = torch.sort(x @ theta, dim=0)
+    py, _ = torch.sort(y @ theta, dim=0)
+    if px.shape[0] == py.shape[0]:
+        w2 = (px - py).pow(2).mean(0)
+    else:
+        # both quantile functions are step functions: integrate over the merged breakpoints
+        n, m = px.shape[0], py.shape[0]
+        levels = torch.unique(torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n,
+                                         torch.arange(1, m + 1, dtype=torch.float64) / m]))
+        widths = torch.diff(levels, prepend=levels.new_zeros(1))
+        mid = levels - 0.5 * widths
+        ix = torch.clamp((mid * n).long(), max=n - 1)
+        iy = torch.clamp((mid * m).long(), max=m - 1)
+        w2 = ((px[ix] - py[iy]).pow(2) * widths[:, None]).sum(0)
+    return float(w2.mean().sqrt())
+
+
+def strong_reference(solver, denoiser, x_init: torch.Tensor, seeds, grid, steps: int,
+                     noise: str = "brownian"):
+    """The strong-error reference of a stochastic cell: ``solver`` (the same solver, or e.g.
+    ``euler_maruyama`` with the matching eta) with ``steps`` steps of ``grid``'s family (same
+    name, parameters and ``final``) from the same x_init, on the same Brownian path.
+
+    The path depends only on the per-sample seeds and the grid's positive interval
+    [t_end, t_start], which does not change with the step count, so every step count of a grid
+    family sees the same path, and one reference serves all of them.  Returns the Solution;
+    err_rms against it is the strong error (record the reference solver and ``steps``).
+    The solver's strong order caps how fast its own reference converges: with the same
+    first-order solver at 16x the largest step count, the reference error is ~1/16 of the
+    smallest error measured."""
+    from solvers import make_grid, make_noise
+
+    if grid.name == "list":
+        raise ValueError("a 'list' grid has no family to refine; give a grid by name")
+    if noise != "brownian":
+        raise ValueError("a strong-error reference needs the Brownian path (noise='brownian'); "
+                         "fresh noise differs at every step count")
+    fine = make_grid(grid.name, denoiser.schedule, int(steps), final=grid.final, **grid.params)
+    if (fine.t_end, fine.t_start) != (grid.t_end, grid.t_start):
+        raise ValueError(f"grid family {grid.name!r} changes its interval with the step count: "
+                         f"[{grid.t_end}, {grid.t_start}] vs [{fine.t_end}, {fine.t_start}]")
+    src = make_noise(noise, list(seeds), denoiser.data_shape, fine, dtype=x_init.dtype,
+                     device=x_init.device)
+    return solver.solve(solver.make_dynamics(denoiser), x_init, fine, src)

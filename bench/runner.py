@@ -23,6 +23,7 @@ from bench.metrics import error_metrics, nonconv, timed
 from bench.progress import Progress
 from bench.spec import NamedParams, Spec
 from bench.store import RowStore, read_rows
+from models.denoiser import CastDenoiser
 from models.errors import UserError
 from models.zoo import load_model
 from solvers import get_solver, initial_noise, make_grid, make_noise
@@ -55,7 +56,8 @@ class Cell:
     noise: str | None          # None for deterministic solvers
     n_samples: int
     seed: int
-    dtype: str
+    dtype: str                 # the model's
+    state_dtype: str           # the solver state's
     device: str
 
     def solver_params(self) -> dict:
@@ -69,7 +71,8 @@ class Cell:
                 "solver_params": self.solver_params(), "grid": self.grid.name,
                 "grid_params": self.grid.params, "final": self.final, "steps": self.steps,
                 "n_samples": self.n_samples, "seed": self.seed, "noise": self.noise,
-                "guidance": None, "dtype": self.dtype, "device": self.device}
+                "guidance": None, "dtype": self.dtype, "state_dtype": self.state_dtype,
+                "device": self.device}
 
     @property
     def case_id(self) -> str:
@@ -95,8 +98,11 @@ def expand_cells(spec: Spec, device: str) -> list[Cell]:
                 noises = spec.noise if solver.stochastic else [None]
                 for steps, tol in budgets:
                     for noise in noises:
-                        cells.append(Cell(model, s, grid, spec.final, steps, tol, noise,
-                                          spec.samples, spec.seed, spec.dtype, device))
+                        for dtype in spec.dtype:
+                            state = spec.state_dtype or (
+                                "float64" if dtype == "float64" else "float32")
+                            cells.append(Cell(model, s, grid, spec.final, steps, tol, noise,
+                                              spec.samples, spec.seed, dtype, state, device))
     return cells
 
 
@@ -143,13 +149,13 @@ class Runner:
     def _x_init(self, den, grid, cell: Cell) -> torch.Tensor:
         z = initial_noise(sample_seeds(cell.seed, cell.n_samples), den.data_shape)
         x = z * float(den.schedule.sigma(grid.t_start))
-        return x.to(device=self.device, dtype=DTYPES[cell.dtype])
+        return x.to(device=self.device, dtype=DTYPES[cell.state_dtype])
 
     def reference(self, den, grid, cell: Cell, x_init: torch.Tensor) -> torch.Tensor:
         """Float64 reference endpoint for this model, seed block and interval (disk-cached)."""
         key = {"model": cell.model, "seed": cell.seed, "n": cell.n_samples,
                "t_start": grid.t_start, "t_end": grid.t_end, "final": grid.final,
-               "rtol": self.spec.ref_rtol, "atol": self.spec.ref_atol, "dtype": cell.dtype,
+               "rtol": self.spec.ref_rtol, "atol": self.spec.ref_atol, "dtype": cell.state_dtype,
                "shape": list(den.data_shape), "method": "dopri8"}
         h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         if h in self._refs:
@@ -228,6 +234,7 @@ class Runner:
                "torch_version": torch.__version__, "device": str(self.device)}
         try:
             den = self.model(cell.model)
+            run_den = den if cell.dtype == cell.state_dtype else CastDenoiser(den, DTYPES[cell.dtype])
             solver = get_solver(cell.solver.name, **cell.solver_params())
             row["solver_params"] = solver.params()
             grid = make_grid(cell.grid.name, den.schedule, cell.steps or 2, final=cell.final,
@@ -240,7 +247,7 @@ class Runner:
             x_init = self._x_init(den, grid, cell)
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
-            sol = self._sharded(solver, den, grid, x_init, cell, self.spec.repeats,
+            sol = self._sharded(solver, run_den, grid, x_init, cell, self.spec.repeats,
                                 self.spec.warmup)
             wall = sol["wall"]
             row.update(nfe=sol["nfe"], forward_passes=sol["fp"], wall_s=wall,
@@ -255,7 +262,7 @@ class Runner:
             if self.spec.nonconv and cell.steps is not None:      # every rank takes part
                 grid2 = make_grid(cell.grid.name, den.schedule, 2 * cell.steps, final=cell.final,
                                   **cell.grid.params)
-                sol2 = self._sharded(solver, den, grid2, x_init, cell, repeats=1, warmup=0)
+                sol2 = self._sharded(solver, run_den, grid2, x_init, cell, repeats=1, warmup=0)
             if not self.dist.is_main:
                 return row
             if self.spec.error and not solver.stochastic:

@@ -11,7 +11,8 @@ final   = "zero"                  # or "t_min" (no denoise step; convergence stu
 samples = 64
 seed    = 0                       # sample i uses seed + i
 noise   = ["fresh", "brownian"]   # stochastic solvers only
-dtype   = "float64"               # model and state dtype
+dtype   = "float64"               # model dtype, or an axis: ["float32", "bfloat16"]
+state_dtype = "float64"           # solver state (default: float64 for a float64 model, else float32)
 device  = "cpu"                   # cpu | cuda | auto
 threads = 1                       # torch intra-op threads (default: torch's choice)
 
@@ -45,7 +46,7 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "auto")
 
 _TOP_KEYS = {"name", "description", "models", "solvers", "grids", "steps", "tolerances", "final",
-             "samples", "seed", "noise", "dtype", "device", "threads", "reference", "timing",
+             "samples", "seed", "noise", "dtype", "state_dtype", "device", "threads", "reference", "timing",
              "metrics"}
 _SUB_KEYS = {"reference": {"rtol", "atol"}, "timing": {"warmup", "repeats"},
              "metrics": {"nonconv", "error"}}
@@ -74,7 +75,8 @@ class Spec:
     samples: int = 64
     seed: int = 0
     noise: list[str] = field(default_factory=lambda: ["fresh"])
-    dtype: str = "float32"
+    dtype: list[str] = field(default_factory=lambda: ["float32"])
+    state_dtype: str | None = None          # None: float64 for a float64 model, else float32
     device: str = "cpu"
     description: str = ""
     ref_rtol: float = 1e-10
@@ -183,9 +185,13 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     for n in noise:
         if n not in NOISE_MODES:
             raise UserError("noise", n, NOISE_MODES)
-    dtype = raw.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise UserError("dtype", dtype, DTYPES)
+    dtype = _list(raw, "dtype", ["float32"])
+    for d in dtype:
+        if d not in DTYPES:
+            raise UserError("dtype", d, DTYPES)
+    state_dtype = raw.get("state_dtype")
+    if state_dtype is not None and state_dtype not in ("float32", "float64"):
+        raise UserError("state_dtype", state_dtype, ["float32", "float64"])
     device = raw.get("device", "cpu")
     if device not in DEVICES:
         raise UserError("device", device, DEVICES)
@@ -213,6 +219,7 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     return Spec(
         name=name, models=models, solvers=solvers, grids=grids, steps=steps,
         tolerances=tolerances, final=final, samples=samples, seed=seed, noise=noise, dtype=dtype,
+        state_dtype=state_dtype,
         device=device, description=desc,
         ref_rtol=float(ref.get("rtol", 1e-10)), ref_atol=float(ref.get("atol", 1e-10)),
         warmup=_int("timing.warmup", timing.get("warmup", 1), 0),

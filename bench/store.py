@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROW_KEYS = (
     "case_id", "model", "solver", "solver_params", "grid", "grid_params", "final", "steps", "nfe",
-    "forward_passes", "n_samples", "seed", "guidance", "noise", "device", "dtype", "status",
+    "forward_passes", "n_samples", "seed", "guidance", "noise", "device", "dtype", "state_dtype",
+    "status",
     "message", "err_rms", "err_max", "fid", "fid_features", "swd", "nonconv", "wall_s",
     "time_per_sample_s", "peak_mem_bytes", "git_sha", "torch_version",
 )

@@ -57,6 +57,30 @@ class PredictionDenoiser(Denoiser):
         return to_x0(self.prediction, out, x, a, s, da, ds)
 
 
+class CastDenoiser(Denoiser):
+    """Runs ``inner`` in ``dtype`` (e.g. bfloat16) while the solver state stays in its own dtype:
+    x and t are cast on the way in, x0_hat back to the state's dtype on the way out."""
+
+    def __init__(self, inner: Denoiser, dtype: torch.dtype):
+        super().__init__(inner.schedule, inner.data_shape)
+        self.inner = inner
+        self.dtype = dtype
+        self.forward_passes_per_call = getattr(inner, "forward_passes_per_call", 1)
+
+    @property
+    def t_min(self):
+        return self.inner.t_min
+
+    @property
+    def t_max(self):
+        return self.inner.t_max
+
+    def forward(self, x, t, **cond):
+        # time stays at least float32 (as under autocast): bf16 cannot tell t = 79 from 80
+        tt = t.to(self.dtype) if self.dtype in (torch.float32, torch.float64) else t.float()
+        return self.inner(x.to(self.dtype), tt, **cond).to(x.dtype)
+
+
 class CountingDenoiser(Denoiser):
     """Wraps a denoiser and counts calls (NFE) and network forward passes.
 
