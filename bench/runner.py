@@ -23,7 +23,7 @@ from bench.metrics import error_metrics, nonconv, timed
 from bench.progress import Progress
 from bench.spec import NamedParams, Spec
 from bench.store import RowStore, read_rows
-from models.denoiser import CastDenoiser
+from models.denoiser import CastDenoiser, TimedDenoiser
 from models.errors import UserError
 from models.zoo import load_model
 from solvers import get_solver, initial_noise, make_grid, make_noise
@@ -201,12 +201,22 @@ class Runner:
         without leaving a rank waiting in a collective."""
         part = self.dist.shard(cell.n_samples)
         seeds = sample_seeds(cell.seed, cell.n_samples)[part]
-        local = {"status": "ok", "message": "", "x": None, "nfe": None, "fp": None, "wall": None}
+        local = {"status": "ok", "message": "", "x": None, "nfe": None, "fp": None, "wall": None,
+                 "model": None}
         try:
-            sol, wall, _ = timed(lambda: self._solve(solver, den, grid, x_init[part], seeds,
-                                                     cell.noise), self.device, warmup, repeats)
+            tden = TimedDenoiser(den)
+            walls = []
+
+            def once():
+                tden.seconds = 0.0
+                out = self._solve(solver, tden, grid, x_init[part], seeds, cell.noise)
+                walls.append(tden.seconds)
+                return out
+
+            sol, wall, times = timed(once, self.device, warmup, repeats)
+            model_s = sorted(walls[-repeats:])[len(walls[-repeats:]) // 2]
             local.update(status=sol.status, message=sol.message, nfe=sol.nfe,
-                         fp=sol.forward_passes, wall=wall, x=sol.x.detach().cpu())
+                         fp=sol.forward_passes, wall=wall, x=sol.x.detach().cpu(), model=model_s)
         except Exception as exc:  # recorded, and the other ranks learn of it below
             tb = traceback.extract_tb(exc.__traceback__)
             where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
@@ -224,7 +234,7 @@ class Runner:
                 return {**bad[0], "x": None}
         return {"status": "ok", "message": "", "x": torch.cat([p["x"] for p in parts]),
                 "nfe": max(p["nfe"] for p in parts), "fp": max(p["fp"] for p in parts),
-                "wall": max(p["wall"] for p in parts)}
+                "wall": max(p["wall"] for p in parts), "model": max(p["model"] for p in parts)}
 
     def run_cell(self, cell: Cell) -> dict:
         row = {**cell.config(), "case_id": cell.case_id, "nfe": None, "forward_passes": None,
@@ -251,6 +261,8 @@ class Runner:
                                 self.spec.warmup)
             wall = sol["wall"]
             row.update(nfe=sol["nfe"], forward_passes=sol["fp"], wall_s=wall,
+                       model_s=sol["model"],
+                       overhead_s=None if wall is None else max(wall - sol["model"], 0.0),
                        time_per_sample_s=None if wall is None else wall / cell.n_samples,
                        status=sol["status"], message=sol["message"])
             if self.device.type == "cuda":

@@ -13,7 +13,7 @@ ROW_KEYS = (
     "forward_passes", "n_samples", "seed", "guidance", "noise", "device", "dtype", "state_dtype",
     "status",
     "message", "err_rms", "err_max", "fid", "fid_features", "swd", "nonconv", "wall_s",
-    "time_per_sample_s", "peak_mem_bytes", "git_sha", "torch_version",
+    "model_s", "overhead_s", "time_per_sample_s", "peak_mem_bytes", "git_sha", "torch_version",
 )
 
 

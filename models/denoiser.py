@@ -81,6 +81,38 @@ class CastDenoiser(Denoiser):
         return self.inner(x.to(self.dtype), tt, **cond).to(x.dtype)
 
 
+class TimedDenoiser(Denoiser):
+    """Accumulates wall time spent inside ``inner`` (CUDA-synchronised), so a harness can report
+    model time and solver overhead separately.  Timing adds two clock reads per call."""
+
+    def __init__(self, inner: Denoiser):
+        super().__init__(inner.schedule, inner.data_shape)
+        self.inner = inner
+        self.forward_passes_per_call = getattr(inner, "forward_passes_per_call", 1)
+        self.seconds = 0.0
+
+    @property
+    def t_min(self):
+        return self.inner.t_min
+
+    @property
+    def t_max(self):
+        return self.inner.t_max
+
+    def forward(self, x, t, **cond):
+        import time
+
+        cuda = x.is_cuda
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        out = self.inner(x, t, **cond)
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
 class CountingDenoiser(Denoiser):
     """Wraps a denoiser and counts calls (NFE) and network forward passes.
 

@@ -152,6 +152,7 @@ def test_row_schema_and_provenance(tmp_path):
         assert set(ROW_KEYS) <= set(row)
         assert row["n_samples"] == 4 and row["seed"] == 0 and row["device"] == "cpu"
         assert row["torch_version"] and row["wall_s"] > 0
+        assert 0 < row["model_s"] <= row["wall_s"] and row["overhead_s"] >= 0
     heun = next(x for x in rows if x["solver"] == "heun")
     assert heun["nfe"] == 7 and heun["forward_passes"] == 7 and heun["noise"] is None
     assert heun["err_rms"] > 0 and heun["nonconv"] > 0
