@@ -145,6 +145,29 @@ def cmd_report(args) -> int:
     return 0
 
 
+def trainable() -> dict:
+    """Names `samplerbench train` reproduces -> a function(out_dir, seed) -> checkpoint path."""
+    from bench.fid import FEATURES_NAME, train_features
+
+    names = {FEATURES_NAME: lambda out_dir, seed: train_features(out_dir, seed=seed)}
+    try:
+        from models.train import TRAINABLE, train
+    except ImportError:
+        return names
+    for n in TRAINABLE:
+        names[n] = lambda out_dir, seed, n=n: train(n, out_dir=out_dir, seed=seed)
+    return names
+
+
+def cmd_train(args) -> int:
+    names = trainable()
+    if args.name not in names:
+        raise UserError("train NAME", args.name, sorted(names))
+    path = names[args.name](args.out, args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_check(args) -> int:
     from bench.conformance import check_solver
 
@@ -201,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     sm.add_argument("--out", required=True, help="output .npz")
     sm.set_defaults(fn=cmd_sample)
+
+    tr = sub.add_parser("train", help="reproduce a shipped checkpoint from its fixed seed")
+    tr.add_argument("name")
+    tr.add_argument("--out", help="output folder (default models/checkpoints)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(fn=cmd_train)
 
     ck = sub.add_parser("check-solver", help="conformance: measured vs declared order, NFE "
                         "honesty, determinism, batch and shape invariance, flow models")
