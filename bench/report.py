@@ -287,20 +287,33 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
         html_parts.append(f"<h2>{html.escape(title)}</h2>")
         err = metric_table(g, "err_rms")
         if g["err_rms"].notna().any():
-            md += ["### Error vs reference (NFE)", "", _md(err)]
+            refs = sorted(set(g["reference"].dropna())) if "reference" in g else []
+            md += ["### Error vs reference (NFE)", "",
+                   *([f"References: {'; '.join(refs)}.", ""] if refs else []), _md(err)]
             html_parts.append(err.to_html(na_rep="—", escape=True))
             tex_parts.append(_latex(err, f"{title}: RMS error (NFE)"))
             orders = order_table(g[g["err_rms"].notna()])
             md += ["### Fitted order (last 3 points above the float floor, 95% CI)", "",
                    _md(orders.set_index("solver"))]
-            best = best_per_budget(g)
+            # comparable across every solver: the weak error if measured, else the error of the
+            # deterministic solvers against the ODE reference
+            if g["fid"].notna().any():
+                best, what = best_per_budget(g, "fid"), "lowest Fréchet distance / FID"
+            else:
+                det = g[g["noise"].isna()]
+                best, what = best_per_budget(det), "lowest error vs the ODE reference"
             if not best.empty:
-                md += ["### Best solver per NFE budget (lowest error)", "", _md(best, index=False)]
+                md += [f"### Best solver per NFE budget ({what})", "", _md(best, index=False)]
                 html_parts.append(best.to_html(index=False))
             png = f"err_vs_nfe_{_slug(model)}_{_slug(grid)}.png"
             if plot_err_vs_nfe(g, out / png, title):
                 md += [f"![error vs NFE]({png})", ""]
                 html_parts.append(f'<img src="{png}" alt="error vs NFE">')
+        for metric, what in (("fid", "Fréchet distance / FID"), ("swd", "sliced Wasserstein")):
+            if g[metric].notna().any():
+                feats = sorted(set(g["fid_features"].dropna())) if metric == "fid" else []
+                proto = f" — features: {', '.join(feats)}" if feats else ""
+                md += [f"### Weak error: {what} (NFE){proto}", "", _md(metric_table(g, metric))]
         if g["nonconv"].notna().any():
             nc = metric_table(g, "nonconv", with_nfe=False)
             md += ["### Non-convergence RMS(x_N − x_2N)", "", _md(nc)]

@@ -19,7 +19,7 @@ import torch
 
 from bench.distributed import Dist
 from bench.env import environment, git_sha
-from bench.metrics import error_metrics, nonconv, timed
+from bench.metrics import error_metrics, frechet_gaussian, nonconv, strong_reference, swd, timed
 from bench.progress import Progress
 from bench.spec import NamedParams, Spec
 from bench.store import RowStore, read_rows
@@ -122,6 +122,7 @@ class Runner:
         self.store = RowStore(self.out)
         self._models: dict = {}
         self._refs: dict = {}
+        self._fid = None
 
     # ------------------------------------------------------------------------------------------
     def _write_run_json(self) -> None:
@@ -185,6 +186,51 @@ class Runner:
                       str(path), metadata={k: str(v) for k, v in key.items()})
         self._refs[h] = x_ref
         return x_ref
+
+    def strong_ref(self, solver, den, grid, cell: Cell, x_init: torch.Tensor) -> torch.Tensor:
+        """The same solver at ``sde_ref_steps`` steps on the same Brownian path (cached per
+        model, solver, grid family and seed block)."""
+        key = json.dumps({"model": cell.model, "solver": solver.name, "params": solver.params(),
+                          "grid": grid.name, "gp": grid.params, "final": grid.final,
+                          "seed": cell.seed, "n": cell.n_samples, "dtype": cell.state_dtype,
+                          "steps": self.spec.sde_ref_steps}, sort_keys=True, default=str)
+        if key not in self._refs:
+            seeds = sample_seeds(cell.seed, cell.n_samples)
+            sol = strong_reference(solver, den, x_init, seeds, grid, self.spec.sde_ref_steps)
+            if sol.status != "ok":
+                raise RuntimeError(f"strong reference failed: {sol.message}")
+            self._refs[key] = sol.x.detach().cpu()
+        return self._refs[key]
+
+    def weak_metrics(self, den, cell: Cell, x: torch.Tensor) -> dict:
+        """Distributional distances of the samples: for an analytic mixture, the Frechet distance
+        to its exact moments (``fid`` with ``fid_features = "data:exact-moments"``) and the sliced
+        Wasserstein distance to exact samples; for digits-shaped data models, FID with the
+        shipped digits feature network."""
+        out = {}
+        mixture = getattr(den, "mixture", None)
+        flat = x.reshape(x.shape[0], -1).double()
+        if mixture is not None:
+            out["fid"] = frechet_gaussian(flat, mixture.mean(), mixture.covariance())
+            out["fid_features"] = "data:exact-moments"
+            exact = mixture.sample(max(4096, 4 * x.shape[0]),
+                                   torch.Generator().manual_seed(12345))
+            out["swd"] = swd(flat, exact)
+        elif getattr(den, "dataset", None) == "digits" and x.shape[0] >= 128:
+            if self._fid is None:
+                from bench.fid import DigitsFID
+
+                self._fid = DigitsFID(cache_dir=self.out / "cache")
+            out["fid"] = self._fid(x)
+            out["fid_features"] = self._fid.protocol
+        data = getattr(den, "data", None)
+        if data is not None and mixture is None:
+            ref = data.reshape(data.shape[0], -1).double()
+            out["swd"] = swd(flat, ref)
+            if "fid" not in out:
+                out["fid"] = frechet_gaussian(flat, ref.mean(0), torch.cov(ref.T))
+                out["fid_features"] = "data:training-moments"
+        return out
 
     # ------------------------------------------------------------------------------------------
     def _solve(self, solver, den, grid, x_init, seeds, noise_mode):
@@ -280,6 +326,16 @@ class Runner:
             if self.spec.error and not solver.stochastic:
                 x_ref = self.reference(den, grid, cell, x_init)
                 row.update(error_metrics(x, x_ref))
+                row["reference"] = (f"dopri8 float64 rtol={self.spec.ref_rtol:g} "
+                                    f"atol={self.spec.ref_atol:g}")
+            elif (self.spec.error and cell.noise == "brownian" and cell.steps is not None
+                  and grid.name != "list"):
+                x_ref = self.strong_ref(solver, den, grid, cell, x_init)
+                row.update(error_metrics(x, x_ref))
+                row["reference"] = (f"{solver.name} at {self.spec.sde_ref_steps} steps on the "
+                                    f"same Brownian path")
+            if self.spec.weak:
+                row.update(self.weak_metrics(den, cell, x))
             if sol2 is not None and sol2["status"] == "ok":
                 row["nonconv"] = nonconv(x, sol2["x"])
         except UserError:

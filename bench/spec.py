@@ -19,6 +19,8 @@ threads = 1                       # torch intra-op threads (default: torch's cho
 [reference]                       # float64 dopri8 reference for err_rms / err_max
 rtol = 1e-10
 atol = 1e-10
+sde_steps = 1024                  # stochastic cells, brownian noise: the same solver at this
+                                  # many steps on the same Brownian path (strong error)
 
 [timing]
 warmup = 1
@@ -26,6 +28,7 @@ repeats = 3
 
 [metrics]
 nonconv = true                    # also solve at 2N steps (same seed): RMS(x_N - x_2N)
+weak = true                       # distributional distances (Frechet / swd / FID) where defined
 ```
 Every problem raises ``UserError`` naming the field, the value and the valid choices, before any
 output is written.
@@ -48,8 +51,8 @@ DEVICES = ("cpu", "cuda", "auto")
 _TOP_KEYS = {"name", "description", "models", "solvers", "grids", "steps", "tolerances", "final",
              "samples", "seed", "noise", "dtype", "state_dtype", "device", "threads", "reference", "timing",
              "metrics"}
-_SUB_KEYS = {"reference": {"rtol", "atol"}, "timing": {"warmup", "repeats"},
-             "metrics": {"nonconv", "error"}}
+_SUB_KEYS = {"reference": {"rtol", "atol", "sde_steps"}, "timing": {"warmup", "repeats"},
+             "metrics": {"nonconv", "error", "weak"}}
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class Spec:
     repeats: int = 3
     nonconv: bool = True
     error: bool = True
+    weak: bool = True
+    sde_ref_steps: int = 1024
     threads: int | None = None        # torch intra-op threads (None: torch's default)
 
     def to_dict(self) -> dict:
@@ -207,7 +212,7 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
         v = ref.get(key, 1e-10)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e-3:
             raise UserError(f"reference.{key}", v, hint="a number in (0, 1e-3)")
-    for key in ("nonconv", "error"):
+    for key in ("nonconv", "error", "weak"):
         if not isinstance(metrics.get(key, True), bool):
             raise UserError(f"metrics.{key}", metrics[key], ["true", "false"])
     threads = raw.get("threads")
@@ -225,6 +230,8 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
         warmup=_int("timing.warmup", timing.get("warmup", 1), 0),
         repeats=_int("timing.repeats", timing.get("repeats", 3), 1),
         nonconv=metrics.get("nonconv", True), error=metrics.get("error", True), threads=threads,
+        weak=metrics.get("weak", True),
+        sde_ref_steps=_int("reference.sde_steps", ref.get("sde_steps", 1024), 2),
     )
 
 

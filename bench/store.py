@@ -12,7 +12,7 @@ ROW_KEYS = (
     "case_id", "model", "solver", "solver_params", "grid", "grid_params", "final", "steps", "nfe",
     "forward_passes", "n_samples", "seed", "guidance", "noise", "device", "dtype", "state_dtype",
     "status",
-    "message", "err_rms", "err_max", "fid", "fid_features", "swd", "nonconv", "wall_s",
+    "message", "reference", "err_rms", "err_max", "fid", "fid_features", "swd", "nonconv", "wall_s",
     "model_s", "overhead_s", "time_per_sample_s", "peak_mem_bytes", "git_sha", "torch_version",
 )
 
