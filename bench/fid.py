@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.metrics import frechet_moments as frechet_distance  # noqa: F401  (re-exported)
 from models.errors import UserError
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
@@ -177,14 +178,3 @@ class DigitsFID:
         self.metric.reset()                      # keeps the real statistics
         self.metric.update(to_unit(samples), real=False)
         return float(self.metric.compute())
-
-
-def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)), float64, via the symmetric form."""
-    mu1, mu2 = (torch.as_tensor(m, dtype=torch.float64) for m in (mu1, mu2))
-    c1, c2 = (torch.as_tensor(c, dtype=torch.float64) for c in (cov1, cov2))
-    w, v = torch.linalg.eigh(c1)
-    s1 = v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
-    m = s1 @ c2 @ s1
-    ev = torch.linalg.eigvalsh(0.5 * (m + m.T)).clamp(min=0)
-    return float((mu1 - mu2).pow(2).sum() + torch.trace(c1) + torch.trace(c2) - 2 * ev.sqrt().sum())

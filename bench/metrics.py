@@ -102,6 +102,17 @@ def _psd_sqrt(a: torch.Tensor) -> torch.Tensor:
     return (v * w.clamp(min=0.0).sqrt()) @ v.T
 
 
+def frechet_moments(mu1, cov1, mu2, cov2) -> float:
+    """Frechet distance squared between N(mu1, cov1) and N(mu2, cov2), float64:
+    |mu1 - mu2|^2 + tr(cov1 + cov2 - 2 (cov1^1/2 cov2 cov1^1/2)^1/2) (symmetric PSD form)."""
+    mu1, mu2 = (torch.as_tensor(m, dtype=torch.float64).reshape(-1) for m in (mu1, mu2))
+    c1, c2 = (torch.as_tensor(c, dtype=torch.float64) for c in (cov1, cov2))
+    s = _psd_sqrt(c1)
+    cross = torch.linalg.eigvalsh(s @ c2 @ s).clamp(min=0.0).sqrt().sum()
+    fd = (mu1 - mu2).pow(2).sum() + torch.trace(c1) + torch.trace(c2) - 2.0 * cross
+    return float(fd.clamp(min=0.0))
+
+
 def frechet_gaussian(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
     """Frechet (2-Wasserstein) distance squared between N(mean_x, cov_x), the Gaussian fit of the
     samples x [n, *S], and N(mean, cov) (known moments, e.g. ``GaussianMixture.mean()`` /
@@ -116,12 +127,7 @@ def frechet_gaussian(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> 
     if x.shape[0] < 2 or mean.numel() != x.shape[1] or cov.shape != (x.shape[1], x.shape[1]):
         raise ValueError(f"need n >= 2 samples of dimension d = {mean.numel()} and a d x d cov, "
                          f"got x {tuple(x.shape)} and cov {tuple(cov.shape)}")
-    mx = x.mean(0)
-    cx = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
-    s = _psd_sqrt(cx)
-    cross = torch.linalg.eigvalsh(s @ cov @ s).clamp(min=0.0).sqrt().sum()
-    fd = (mx - mean).pow(2).sum() + torch.trace(cx) + torch.trace(cov) - 2.0 * cross
-    return float(fd.clamp(min=0.0))
+    return frechet_moments(x.mean(0), torch.cov(x.T).reshape(x.shape[1], x.shape[1]), mean, cov)
 
 
 def swd(x: torch.Tensor, y: torch.Tensor, n_projections: int = 128, seed: int = 0) -> float:
