@@ -162,7 +162,7 @@ def swd(x: torch.Tensor, y: torch.Tensor, n_projections: int = 128, seed: int = 
 
 
 def strong_reference(solver, denoiser, x_init: torch.Tensor, seeds, grid, steps: int,
-                     noise: str = "brownian"):
+                     noise: str = "brownian", cond: dict | None = None):
     """The strong-error reference of a stochastic cell: ``solver`` (the same solver, or e.g.
     ``euler_maruyama`` with the matching eta) with ``steps`` steps of ``grid``'s family (same
     name, parameters and ``final``) from the same x_init, on the same Brownian path.
@@ -187,4 +187,4 @@ def strong_reference(solver, denoiser, x_init: torch.Tensor, seeds, grid, steps:
                          f"[{grid.t_end}, {grid.t_start}] vs [{fine.t_end}, {fine.t_start}]")
     src = make_noise(noise, list(seeds), denoiser.data_shape, fine, dtype=x_init.dtype,
                      device=x_init.device)
-    return solver.solve(solver.make_dynamics(denoiser), x_init, fine, src)
+    return solver.solve(solver.make_dynamics(denoiser, cond), x_init, fine, src)

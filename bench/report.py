@@ -59,6 +59,9 @@ def load_frame(run_dir: str | Path) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["label"] = [solver_label(s, p) + (f" [{n}]" if isinstance(n, str) else "")
                    for s, p, n in zip(df["solver"], df["solver_params"], df["noise"])]
+    if "guidance" in df and df["guidance"].notna().any():        # a guidance axis
+        df["label"] = df["label"] + df["guidance"].map(
+            lambda w: "" if w is None or pd.isna(w) else f" w={w:g}")
     if "dtype" in df and df["dtype"].nunique() > 1:              # a dtype axis
         df["label"] = df["label"] + " " + df["dtype"].astype(str)
     df["grid_label"] = [g + (json.dumps(p, sort_keys=True) if p and any(

@@ -25,7 +25,8 @@ from bench.spec import NamedParams, Spec
 from bench.store import RowStore, read_rows
 from models.denoiser import CastDenoiser, TimedDenoiser
 from models.errors import UserError
-from models.zoo import load_model
+from models.guidance import class_labels, conditional_models, guided
+from models.zoo import load_model, model_entry
 from solvers import get_solver, initial_noise, make_grid, make_noise
 from solvers.classical.adaptive import reference_solve
 from solvers.noise import sample_seeds
@@ -54,6 +55,7 @@ class Cell:
     steps: int | None          # None for adaptive solvers
     tol: float | None          # rtol = atol for adaptive solvers
     noise: str | None          # None for deterministic solvers
+    guidance: float | None     # classifier-free guidance weight w (None: no guidance)
     n_samples: int
     seed: int
     dtype: str                 # the model's
@@ -71,7 +73,7 @@ class Cell:
                 "solver_params": self.solver_params(), "grid": self.grid.name,
                 "grid_params": self.grid.params, "final": self.final, "steps": self.steps,
                 "n_samples": self.n_samples, "seed": self.seed, "noise": self.noise,
-                "guidance": None, "dtype": self.dtype, "state_dtype": self.state_dtype,
+                "guidance": self.guidance, "dtype": self.dtype, "state_dtype": self.state_dtype,
                 "device": self.device}
 
     @property
@@ -84,7 +86,8 @@ class Cell:
         s = self.solver.key()
         budget = f"steps={self.steps}" if self.steps is not None else f"tol={self.tol:g}"
         noise = f" noise={self.noise}" if self.noise else ""
-        return f"{self.model} {s} {self.grid.key()} {budget}{noise}"
+        w = f" w={self.guidance:g}" if self.guidance is not None else ""
+        return f"{self.model} {s} {self.grid.key()} {budget}{noise}{w}"
 
 
 def expand_cells(spec: Spec, device: str) -> list[Cell]:
@@ -98,11 +101,13 @@ def expand_cells(spec: Spec, device: str) -> list[Cell]:
                 noises = spec.noise if solver.stochastic else [None]
                 for steps, tol in budgets:
                     for noise in noises:
-                        for dtype in spec.dtype:
-                            state = spec.state_dtype or (
-                                "float64" if dtype == "float64" else "float32")
-                            cells.append(Cell(model, s, grid, spec.final, steps, tol, noise,
-                                              spec.samples, spec.seed, dtype, state, device))
+                        for w in spec.guidance:
+                            for dtype in spec.dtype:
+                                state = spec.state_dtype or (
+                                    "float64" if dtype == "float64" else "float32")
+                                cells.append(Cell(model, s, grid, spec.final, steps, tol, noise,
+                                                  w, spec.samples, spec.seed, dtype, state,
+                                                  device))
     return cells
 
 
@@ -152,12 +157,13 @@ class Runner:
         x = z * float(den.schedule.sigma(grid.t_start))
         return x.to(device=self.device, dtype=DTYPES[cell.state_dtype])
 
-    def reference(self, den, grid, cell: Cell, x_init: torch.Tensor) -> torch.Tensor:
+    def reference(self, den, grid, cell: Cell, x_init: torch.Tensor,
+                  cond: dict | None = None) -> torch.Tensor:
         """Float64 reference endpoint for this model, seed block and interval (disk-cached)."""
         key = {"model": cell.model, "seed": cell.seed, "n": cell.n_samples,
                "t_start": grid.t_start, "t_end": grid.t_end, "final": grid.final,
                "rtol": self.spec.ref_rtol, "atol": self.spec.ref_atol, "dtype": cell.state_dtype,
-               "shape": list(den.data_shape), "method": "dopri8"}
+               "shape": list(den.data_shape), "method": "dopri8", "guidance": cell.guidance}
         h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         if h in self._refs:
             return self._refs[h]
@@ -176,7 +182,8 @@ class Runner:
         if x_ref is None:
             from safetensors.torch import save_file
 
-            sol = reference_solve(get_solver("dopri8").make_dynamics(den), x_init.double().cpu(),
+            sol = reference_solve(get_solver("dopri8").make_dynamics(den, cond),
+                                  x_init.double().cpu(),
                                   grid, rtol=self.spec.ref_rtol, atol=self.spec.ref_atol)
             if sol.status != "ok":
                 raise RuntimeError(f"reference solution failed: {sol.message}")
@@ -187,28 +194,35 @@ class Runner:
         self._refs[h] = x_ref
         return x_ref
 
-    def strong_ref(self, solver, den, grid, cell: Cell, x_init: torch.Tensor) -> torch.Tensor:
+    def strong_ref(self, solver, den, grid, cell: Cell, x_init: torch.Tensor,
+                   cond: dict | None = None) -> torch.Tensor:
         """The same solver at ``sde_ref_steps`` steps on the same Brownian path (cached per
         model, solver, grid family and seed block)."""
         key = json.dumps({"model": cell.model, "solver": solver.name, "params": solver.params(),
                           "grid": grid.name, "gp": grid.params, "final": grid.final,
                           "seed": cell.seed, "n": cell.n_samples, "dtype": cell.state_dtype,
-                          "steps": self.spec.sde_ref_steps}, sort_keys=True, default=str)
+                          "steps": self.spec.sde_ref_steps, "guidance": cell.guidance},
+                         sort_keys=True, default=str)
         if key not in self._refs:
             seeds = sample_seeds(cell.seed, cell.n_samples)
-            sol = strong_reference(solver, den, x_init, seeds, grid, self.spec.sde_ref_steps)
+            sol = strong_reference(solver, den, x_init, seeds, grid, self.spec.sde_ref_steps,
+                                   cond=cond)
             if sol.status != "ok":
                 raise RuntimeError(f"strong reference failed: {sol.message}")
             self._refs[key] = sol.x.detach().cpu()
         return self._refs[key]
 
     def weak_metrics(self, den, cell: Cell, x: torch.Tensor) -> dict:
-        """Distributional distances of the samples: for an analytic mixture, the Frechet distance
-        to its exact moments (``fid`` with ``fid_features = "data:exact-moments"``) and the sliced
-        Wasserstein distance to exact samples; for digits-shaped data models, FID with the
-        shipped digits feature network."""
+        """Distributional distances of the samples.
+
+        Analytic mixture: Frechet distance to its exact moments (``fid``, ``fid_features =
+        "data:exact-moments"``) and sliced Wasserstein distance to exact samples.  Model of the
+        digits data: FID with the shipped digits feature network (at least 128 samples).
+        Model of a 2-D toy: Frechet distance to the training-data moments and sliced Wasserstein
+        distance to 10,000 fresh data samples (fixed seed)."""
         out = {}
         mixture = getattr(den, "mixture", None)
+        dataset = getattr(den, "dataset", None)
         flat = x.reshape(x.shape[0], -1).double()
         if mixture is not None:
             out["fid"] = frechet_gaussian(flat, mixture.mean(), mixture.covariance())
@@ -216,30 +230,32 @@ class Runner:
             exact = mixture.sample(max(4096, 4 * x.shape[0]),
                                    torch.Generator().manual_seed(12345))
             out["swd"] = swd(flat, exact)
-        elif getattr(den, "dataset", None) == "digits" and x.shape[0] >= 128:
-            if self._fid is None:
-                from bench.fid import DigitsFID
+        elif dataset == "digits":
+            if x.shape[0] >= 128:
+                if self._fid is None:
+                    from bench.fid import DigitsFID
 
-                self._fid = DigitsFID(cache_dir=self.out / "cache")
-            out["fid"] = self._fid(x)
-            out["fid_features"] = self._fid.protocol
-        data = getattr(den, "data", None)
-        if data is not None and mixture is None:
-            ref = data.reshape(data.shape[0], -1).double()
+                    self._fid = DigitsFID(cache_dir=self.out / "cache")
+                out["fid"] = self._fid(x)
+                out["fid_features"] = self._fid.protocol
+        elif dataset is not None:
+            from models.data import toy_2d
+
+            ref = toy_2d(dataset, 10_000, seed=12345).reshape(10_000, -1).double()
+            out["fid"] = frechet_gaussian(flat, ref.mean(0), torch.cov(ref.T))
+            out["fid_features"] = f"data:{dataset}-moments"
             out["swd"] = swd(flat, ref)
-            if "fid" not in out:
-                out["fid"] = frechet_gaussian(flat, ref.mean(0), torch.cov(ref.T))
-                out["fid_features"] = "data:training-moments"
         return out
 
     # ------------------------------------------------------------------------------------------
-    def _solve(self, solver, den, grid, x_init, seeds, noise_mode):
-        dyn = solver.make_dynamics(den)
+    def _solve(self, solver, den, grid, x_init, seeds, noise_mode, cond=None):
+        dyn = solver.make_dynamics(den, cond)
         noise = (make_noise(noise_mode, seeds, den.data_shape, grid, dtype=x_init.dtype,
                             device=self.device) if solver.stochastic else None)
         return solver.solve(dyn, x_init, grid, noise)
 
-    def _sharded(self, solver, den, grid, x_init, cell: Cell, repeats: int, warmup: int):
+    def _sharded(self, solver, den, grid, x_init, cell: Cell, repeats: int, warmup: int,
+                 cond: dict | None = None):
         """Solve this rank's share of the samples (timed), gather on every rank.
 
         Returns a dict with x (all samples, CPU), status, message, nfe, forward_passes, wall
@@ -255,7 +271,8 @@ class Runner:
 
             def once():
                 tden.seconds = 0.0
-                out = self._solve(solver, tden, grid, x_init[part], seeds, cell.noise)
+                local_cond = {k: v[part] for k, v in (cond or {}).items()}
+                out = self._solve(solver, tden, grid, x_init[part], seeds, cell.noise, local_cond)
                 walls.append(tden.seconds)
                 return out
 
@@ -290,6 +307,17 @@ class Runner:
                "torch_version": torch.__version__, "device": str(self.device)}
         try:
             den = self.model(cell.model)
+            base = den                     # the model itself: its dataset / mixture for metrics
+            cond = None
+            if cell.guidance is not None:
+                entry = model_entry(cell.model)
+                if entry is None or not entry.num_classes:
+                    row.update(status="skipped", message="guidance needs a class-conditional "
+                               f"model: {', '.join(conditional_models())}")
+                    return row
+                den = guided(den, cell.guidance)
+                cond = {"y": class_labels(sample_seeds(cell.seed, cell.n_samples),
+                                          entry.num_classes)}
             run_den = den if cell.dtype == cell.state_dtype else CastDenoiser(den, DTYPES[cell.dtype])
             solver = get_solver(cell.solver.name, **cell.solver_params())
             row["solver_params"] = solver.params()
@@ -304,7 +332,7 @@ class Runner:
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             sol = self._sharded(solver, run_den, grid, x_init, cell, self.spec.repeats,
-                                self.spec.warmup)
+                                self.spec.warmup, cond)
             wall = sol["wall"]
             row.update(nfe=sol["nfe"], forward_passes=sol["fp"], wall_s=wall,
                        model_s=sol["model"],
@@ -320,22 +348,23 @@ class Runner:
             if self.spec.nonconv and cell.steps is not None:      # every rank takes part
                 grid2 = make_grid(cell.grid.name, den.schedule, 2 * cell.steps, final=cell.final,
                                   **cell.grid.params)
-                sol2 = self._sharded(solver, run_den, grid2, x_init, cell, repeats=1, warmup=0)
+                sol2 = self._sharded(solver, run_den, grid2, x_init, cell, repeats=1, warmup=0,
+                                     cond=cond)
             if not self.dist.is_main:
                 return row
             if self.spec.error and not solver.stochastic:
-                x_ref = self.reference(den, grid, cell, x_init)
+                x_ref = self.reference(den, grid, cell, x_init, cond)
                 row.update(error_metrics(x, x_ref))
                 row["reference"] = (f"dopri8 float64 rtol={self.spec.ref_rtol:g} "
                                     f"atol={self.spec.ref_atol:g}")
             elif (self.spec.error and cell.noise == "brownian" and cell.steps is not None
                   and grid.name != "list"):
-                x_ref = self.strong_ref(solver, den, grid, cell, x_init)
+                x_ref = self.strong_ref(solver, den, grid, cell, x_init, cond)
                 row.update(error_metrics(x, x_ref))
                 row["reference"] = (f"{solver.name} at {self.spec.sde_ref_steps} steps on the "
                                     f"same Brownian path")
             if self.spec.weak:
-                row.update(self.weak_metrics(den, cell, x))
+                row.update(self.weak_metrics(base, cell, x))
             if sol2 is not None and sol2["status"] == "ok":
                 row["nonconv"] = nonconv(x, sol2["x"])
         except UserError:

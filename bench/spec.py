@@ -11,6 +11,7 @@ final   = "zero"                  # or "t_min" (no denoise step; convergence stu
 samples = 64
 seed    = 0                       # sample i uses seed + i
 noise   = ["fresh", "brownian"]   # stochastic solvers only
+guidance = [0.0, 1.0, 3.0]        # classifier-free guidance weights (class-conditional models)
 dtype   = "float64"               # model dtype, or an axis: ["float32", "bfloat16"]
 state_dtype = "float64"           # solver state (default: float64 for a float64 model, else float32)
 device  = "cpu"                   # cpu | cuda | auto
@@ -49,7 +50,7 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "auto")
 
 _TOP_KEYS = {"name", "description", "models", "solvers", "grids", "steps", "tolerances", "final",
-             "samples", "seed", "noise", "dtype", "state_dtype", "device", "threads", "reference", "timing",
+             "samples", "seed", "noise", "guidance", "dtype", "state_dtype", "device", "threads", "reference", "timing",
              "metrics"}
 _SUB_KEYS = {"reference": {"rtol", "atol", "sde_steps"}, "timing": {"warmup", "repeats"},
              "metrics": {"nonconv", "error", "weak"}}
@@ -78,6 +79,7 @@ class Spec:
     samples: int = 64
     seed: int = 0
     noise: list[str] = field(default_factory=lambda: ["fresh"])
+    guidance: list = field(default_factory=lambda: [None])   # CFG weights w (None: no guidance)
     dtype: list[str] = field(default_factory=lambda: ["float32"])
     state_dtype: str | None = None          # None: float64 for a float64 model, else float32
     device: str = "cpu"
@@ -190,6 +192,14 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     for n in noise:
         if n not in NOISE_MODES:
             raise UserError("noise", n, NOISE_MODES)
+    guidance = [None]
+    if "guidance" in raw:
+        guidance = _list(raw, "guidance")
+        for w in guidance:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise UserError("guidance", w, hint="classifier-free guidance weights w >= 0, "
+                                "e.g. [0.0, 1.0, 3.0]")
+        guidance = [float(w) for w in guidance]
     dtype = _list(raw, "dtype", ["float32"])
     for d in dtype:
         if d not in DTYPES:
@@ -224,7 +234,7 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     return Spec(
         name=name, models=models, solvers=solvers, grids=grids, steps=steps,
         tolerances=tolerances, final=final, samples=samples, seed=seed, noise=noise, dtype=dtype,
-        state_dtype=state_dtype,
+        state_dtype=state_dtype, guidance=guidance,
         device=device, description=desc,
         ref_rtol=float(ref.get("rtol", 1e-10)), ref_atol=float(ref.get("atol", 1e-10)),
         warmup=_int("timing.warmup", timing.get("warmup", 1), 0),

@@ -1,9 +1,12 @@
-"""The model registry: built-in names and ``gmm:PATH.json`` specs -> Denoiser."""
+"""The model registry: built-in names and ``gmm:PATH.json`` / ``diffusers:PATH`` /
+``edm:MODULE:NAME`` / ``flow:MODULE:NAME`` specs -> Denoiser."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 from models.denoiser import Denoiser
 from models.errors import UserError
@@ -18,18 +21,26 @@ class ModelEntry:
     description: str
     schedule: str
     analytic: bool
+    num_classes: int | None = None     # class-conditional models (classifier-free guidance)
+    dataset: str | None = None         # the training data (models.data), for weak metrics / FID
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str, schedule: str, analytic: bool = False):
+def register_model(name: str, description: str, schedule: str, analytic: bool = False,
+                   num_classes: int | None = None, dataset: str | None = None):
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = ModelEntry(name, fn, description, schedule, analytic)
+        _MODELS[name] = ModelEntry(name, fn, description, schedule, analytic, num_classes,
+                                   dataset)
         return fn
     return deco
+
+
+def model_entry(name: str) -> ModelEntry | None:
+    return _MODELS.get(name)
 
 
 def available_models() -> list[str]:
@@ -40,15 +51,27 @@ def model_entries() -> list[ModelEntry]:
     return [_MODELS[k] for k in available_models()]
 
 
+SPEC_FORMS = ["gmm:PATH.json", "diffusers:PATH", "edm:MODULE:NAME", "flow:MODULE:NAME"]
+
+
 def load_model(spec: str) -> Denoiser:
-    """``spec`` is a registered name or ``gmm:PATH.json``."""
+    """``spec`` is a registered name, ``gmm:PATH.json``, or a pretrained-model spec
+    (``diffusers:PATH``, ``edm:MODULE:NAME``, ``flow:MODULE:NAME``; see models/adapters.py)."""
     if not isinstance(spec, str) or not spec:
-        raise UserError("model", spec, available_models() + ["gmm:PATH.json"])
+        raise UserError("model", spec, available_models() + SPEC_FORMS)
     if spec.startswith("gmm:"):
         return load_gmm_json(spec[4:])
+    if spec.split(":", 1)[0] in ("diffusers", "edm", "flow") and ":" in spec:
+        from models.adapters import load_spec
+
+        return load_spec(spec)
     if spec not in _MODELS:
-        raise UserError("model", spec, available_models() + ["gmm:PATH.json"])
-    return _MODELS[spec].build()
+        raise UserError("model", spec, available_models() + SPEC_FORMS)
+    entry = _MODELS[spec]
+    den = entry.build()
+    if entry.dataset is not None:
+        den.dataset = entry.dataset
+    return den
 
 
 def _gmm_family(base: str, mixture_fn, data_shape, what: str):
@@ -62,3 +85,43 @@ def _gmm_family(base: str, mixture_fn, data_shape, what: str):
 _gmm_family("gmm2d", gmm2d_mixture, (2,), "2-D 4-component anisotropic Gaussian mixture")
 _gmm_family("gmm64", gmm64_mixture, (1, 8, 8),
             "64-D mixture fitted to sklearn digits (one full-covariance component per class)")
+
+
+# --------------------------------------------------------------------------------------------
+# trained checkpoints (models/checkpoints/, reproduced by `samplerbench train NAME`)
+# --------------------------------------------------------------------------------------------
+
+_TRAINED = {
+    "moons-vp": ("two moons, MLP, eps-prediction", "vp-linear", None),
+    "moons-rf": ("two moons, MLP, rectified-flow velocity", "rf", None),
+    "checkerboard-vp": ("2-D checkerboard, MLP, eps-prediction", "vp-linear", None),
+    "checkerboard-rf": ("2-D checkerboard, MLP, rectified-flow velocity", "rf", None),
+    "digits-vp": ("sklearn 8x8 digits, small U-Net, eps-prediction", "vp-linear", None),
+    "digits-rf": ("sklearn 8x8 digits, small U-Net, rectified-flow velocity", "rf", None),
+    "digits-cond-rf": ("sklearn 8x8 digits, class-conditional U-Net (null class 10 for "
+                       "classifier-free guidance), rectified-flow velocity", "rf", 10),
+}
+
+
+def _trained_family():
+    for name, (what, sched, num_classes) in _TRAINED.items():
+        def build(name=name):
+            from models.nets import load_checkpoint
+
+            return load_checkpoint(name)
+        register_model(name, f"{what}; trained checkpoint (models/checkpoints)", sched,
+                       num_classes=num_classes, dataset=name.split("-")[0])(build)
+
+
+_trained_family()
+
+
+@register_model("digits-ideal", "exact posterior-mean denoiser of the 1797 sklearn digits "
+                "(Karras et al. 2022 App. B.3), edm schedule; PF-ODE maps noise to training images",
+                "edm", analytic=True, dataset="digits")
+def _digits_ideal():
+    from models.data import digits
+    from models.ideal import EmpiricalDenoiser
+
+    x, _ = digits(torch.float64)
+    return EmpiricalDenoiser(x, make_schedule("edm"))

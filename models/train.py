@@ -1,0 +1,302 @@
+"""Training recipes for the shipped checkpoints, and ``train(name)`` that reproduces one.
+
+Losses (x_t = alpha(t) x0 + sigma(t) eps, eps ~ N(0, I)):
+  ``*-vp``  eps-prediction under ``vp-linear``: E ||net(x_t, t) - eps||^2, t ~ U(1e-3, 1)
+            (Ho et al. 2020, continuous time as in Song et al. 2021)
+  ``*-rf``  velocity under ``rf`` (alpha = 1 - t, sigma = t): E ||net(x_t, t) - (eps - x0)||^2,
+            t ~ U(0, 1) (Liu et al. 2022; Lipman et al. 2023)
+  ``digits-cond-rf``  the rf loss with class labels, replaced by the null label with probability
+            0.1 (Ho & Salimans 2022, classifier-free guidance)
+
+Adam with linear warm-up and cosine decay; the shipped weights are an exponential moving average
+(decay 0.999).  The validation loss is the same loss of the EMA weights on held-out data with fixed
+(t, eps) draws: 10,000 fresh points for the 2-D toys, the 180 held-out digits x 8 draws for digits.
+
+Everything random comes from ``seed`` (network init via ``torch.manual_seed``, batches and noise
+from one ``torch.Generator``).  On the same torch build, CPU type and thread count (1, the default)
+a rerun reproduces the shipped weights bit for bit; other thread counts or CPUs differ by float32
+rounding only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from models.errors import UserError
+from models.nets import CHECKPOINT_DIR, build_net, n_params
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Recipe:
+    data: str                      # a models.data toy name or "digits"
+    schedule: str                  # "vp-linear" | "rf"
+    prediction: str                # "eps" | "velocity"
+    net: dict
+    steps: int
+    batch: int
+    lr: float
+    data_shape: tuple[int, ...]
+    conditional: bool = False
+    p_uncond: float = 0.1
+    warmup: int = 200
+    ema: float = 0.999
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+_MLP = {"arch": "mlp", "dim": 2, "hidden": 192, "depth": 4, "emb": 64}
+_UNET = {"arch": "unet", "in_channels": 1, "channels": [16, 32, 64], "emb": 64}
+_TOY = dict(steps=12000, batch=512, lr=1e-3, data_shape=(2,))
+_DIG = dict(steps=6000, batch=128, lr=1e-3, data_shape=(1, 8, 8))
+
+RECIPES: dict[str, Recipe] = {
+    "moons-vp": Recipe("moons", "vp-linear", "eps", _MLP, **_TOY),
+    "moons-rf": Recipe("moons", "rf", "velocity", _MLP, **_TOY),
+    "checkerboard-vp": Recipe("checkerboard", "vp-linear", "eps", _MLP, **_TOY),
+    "checkerboard-rf": Recipe("checkerboard", "rf", "velocity", _MLP, **_TOY),
+    "digits-vp": Recipe("digits", "vp-linear", "eps", _UNET, **_DIG),
+    "digits-rf": Recipe("digits", "rf", "velocity", _UNET, **_DIG),
+    "digits-cond-rf": Recipe("digits", "rf", "velocity", {**_UNET, "num_classes": 10},
+                             conditional=True, **_DIG),
+}
+
+
+TRAINABLE = tuple(sorted(RECIPES))       # names `samplerbench train NAME` reproduces
+
+
+def available_recipes() -> list[str]:
+    return sorted(RECIPES)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _data(recipe: Recipe, seed: int):
+    """(x_train, y_train | None, x_val, y_val | None)."""
+    from models import data
+
+    if recipe.data == "digits":
+        (xt, yt), (xv, yv) = data.digits_split()
+        return xt, yt, xv, yv
+    return (data.toy_2d(recipe.data, 200_000, seed=seed), None,
+            data.toy_2d(recipe.data, 10_000, seed=seed + 10_000), None)
+
+
+def _loss(net, recipe: Recipe, sched, x0: Tensor, y: Tensor | None, t: Tensor,
+          eps: Tensor) -> Tensor:
+    from models.conversions import expand_like
+
+    a, s = expand_like(sched.alpha(t).float(), x0), expand_like(sched.sigma(t).float(), x0)
+    xt = a * x0 + s * eps
+    target = eps if recipe.prediction == "eps" else eps - x0
+    out = net(xt, t.float(), y) if y is not None else net(xt, t.float())
+    return (out - target).pow(2).flatten(1).mean(1)
+
+
+def _draw_t(recipe: Recipe, n: int, g: torch.Generator) -> Tensor:
+    u = torch.rand(n, generator=g, dtype=torch.float64)
+    if recipe.schedule == "vp-linear":
+        return 1e-3 + (1.0 - 1e-3) * u
+    return u
+
+
+def _val_loss(net, recipe: Recipe, sched, xv: Tensor, yv: Tensor | None) -> float:
+    g = torch.Generator().manual_seed(1234)
+    reps = 8 if recipe.data == "digits" else 1
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for _ in range(reps):
+            for i in range(0, len(xv), 2048):
+                x0 = xv[i:i + 2048]
+                y = yv[i:i + 2048] if (yv is not None and recipe.conditional) else None
+                t = _draw_t(recipe, len(x0), g)
+                eps = torch.randn(x0.shape, generator=g)
+                total += float(_loss(net, recipe, sched, x0, y, t, eps).sum())
+                count += len(x0)
+    return total / count
+
+
+def train(name: str, out_dir: str | Path | None = None, seed: int = 0, steps: int | None = None,
+          threads: int = 1, log: Callable[[str], None] | None = print) -> Path:
+    """Train the recipe ``name`` from ``seed``; write ``NAME.safetensors`` and the model card
+    ``NAME.json`` to ``out_dir`` (default: ``models/checkpoints/``, overwriting the shipped one).
+
+    ``steps`` overrides the recipe's step count (a quick run).  ``threads`` is the torch intra-op
+    thread count (the shipped weights used 1; the conv nets' float32 rounding, and so their
+    weights' bits, depend on it).  Returns the model-card path."""
+    from safetensors.torch import save_file
+
+    from models.schedules import make_schedule
+
+    if name not in RECIPES:
+        raise UserError("model to train", name, available_recipes())
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise UserError("steps", steps, hint="an integer >= 1")
+    recipe = RECIPES[name]
+    n_steps = int(steps or recipe.steps)
+    out = Path(out_dir) if out_dir is not None else CHECKPOINT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        t_start = time.perf_counter()
+        sched = make_schedule(recipe.schedule)
+        xt, yt, xv, yv = _data(recipe, seed)
+        torch.manual_seed(seed)
+        net = build_net(recipe.net)
+        ema = build_net(recipe.net)
+        ema.load_state_dict(net.state_dict())
+        ema.requires_grad_(False)
+        opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
+        g = torch.Generator().manual_seed(seed)
+        run_loss = None
+        for step in range(n_steps):
+            lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup) * (
+                0.55 + 0.45 * math.cos(math.pi * step / n_steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(0, len(xt), (recipe.batch,), generator=g)
+            x0 = xt[idx]
+            y = None
+            if recipe.conditional:
+                y = yt[idx].clone()
+                drop = torch.rand(recipe.batch, generator=g) < recipe.p_uncond
+                y[drop] = recipe.net["num_classes"]
+            t = _draw_t(recipe, recipe.batch, g)
+            eps = torch.randn(x0.shape, generator=g)
+            loss = _loss(net, recipe, sched, x0, y, t, eps).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            decay = min(recipe.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), net.parameters()):
+                    pe.lerp_(p, 1.0 - decay)
+                for be, b in zip(ema.buffers(), net.buffers()):
+                    be.copy_(b)
+            lv = loss.item()
+            run_loss = lv if run_loss is None else 0.99 * run_loss + 0.01 * lv
+            if log and (step + 1) % max(1, n_steps // 10) == 0:
+                log(f"{name}: step {step + 1}/{n_steps} loss {run_loss:.4f} "
+                    f"({time.perf_counter() - t_start:.0f} s)")
+        val = _val_loss(ema, recipe, sched, xv, yv)
+        train_s = time.perf_counter() - t_start
+    finally:
+        torch.set_num_threads(old_threads)
+
+    weights = out / f"{name}.safetensors"
+    state = {k: v.detach().contiguous() for k, v in ema.state_dict().items()}
+    save_file(state, str(weights))      # no metadata: its key order is not deterministic
+    card = {
+        "name": name,
+        "weights": weights.name,
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "weights_bytes": weights.stat().st_size,
+        "data": recipe.data,
+        "data_shape": list(recipe.data_shape),
+        "schedule": recipe.schedule,
+        "prediction": recipe.prediction,
+        "loss": _LOSS_TEXT[(recipe.prediction, recipe.conditional)],
+        "net": dict(recipe.net),
+        "n_params": n_params(ema),
+        "recipe": {k: v for k, v in asdict(recipe).items()
+                   if k not in ("net", "data", "schedule", "prediction", "description", "extra",
+                                "data_shape")},
+        "steps": n_steps,
+        "seed": seed,
+        "final_train_loss": run_loss,
+        "final_val_loss": val,
+        "val_data": ("180 held-out digits (models.data.digits_split) x 8 (t, eps) draws"
+                     if recipe.data == "digits" else "10,000 fresh samples, seed + 10000"),
+        "train_seconds": round(train_s, 1),
+        "threads": max(1, int(threads)),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "command": f"samplerbench train {name}",
+    }
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(card, indent=2) + "\n")
+    if log:
+        log(f"{name}: val loss {val:.4f}, {train_s:.0f} s -> {weights} "
+            f"({card['weights_bytes'] / 1e6:.2f} MB)")
+    return path
+
+
+_LOSS_TEXT = {
+    ("eps", False): "E ||eps_hat(x_t, t) - eps||^2, x_t = alpha x0 + sigma eps, vp-linear, "
+                    "t ~ U(1e-3, 1)",
+    ("velocity", False): "E ||v_hat(x_t, t) - (eps - x0)||^2, x_t = (1 - t) x0 + t eps, "
+                         "t ~ U(0, 1)",
+    ("velocity", True): "E ||v_hat(x_t, t, y) - (eps - x0)||^2, x_t = (1 - t) x0 + t eps, "
+                        "t ~ U(0, 1), label y replaced by the null class (10) with p = 0.1",
+}
+
+
+def preview(name: str, out_png: str | Path, steps: int = 64, solver: str = "heun",
+            grid: str = "karras", n: int | None = None, seed: int = 0,
+            guidance: float | None = None) -> Path:
+    """The visual check of a model: ``n`` samples (``solver``, ``steps``, float32) drawn to a PNG:
+    a scatter over the training data for 2-D models, an image grid for 8x8 digits (one column per
+    class, labels ``seed + i mod 10``, for a class-conditional model with ``guidance`` = w)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from models.guidance import class_labels, guided
+    from models.zoo import load_model
+    from solvers import get_solver, initial_noise, make_grid
+
+    den = load_model(name)
+    n = n or (2000 if den.data_shape == (2,) else 100)
+    seeds = list(range(seed, seed + n))
+    labels = None
+    if getattr(den, "num_classes", None) and guidance is not None:
+        labels = class_labels(seeds, den.num_classes)
+        den = guided(den, guidance, labels)
+    s = get_solver(solver)
+    g = make_grid(grid, den.schedule, steps)
+    x = initial_noise(seeds, den.data_shape) * float(den.schedule.sigma(g.t[0]))
+    x = s.solve(s.make_dynamics(den), x.float(), g).x.double().numpy()
+    title = f"{name}: {solver}, {steps} steps, {grid} grid" + (
+        f", w = {guidance:g}" if labels is not None else "")
+    if den.data_shape == (2,):
+        from models import data
+
+        card = getattr(den, "card", {})
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+        if card.get("data") in data.TOYS:
+            ref = data.toy_2d(card["data"], n, seed=10_000 + seed).numpy()
+            axes[0].scatter(ref[:, 0], ref[:, 1], s=1, c="gray")
+            axes[0].set_title("training data")
+        axes[1].scatter(x[:, 0], x[:, 1], s=1)
+        axes[1].set_title("samples")
+        for a in axes:
+            a.set_xlim(-3, 3)
+            a.set_ylim(-3, 3)
+            a.set_aspect("equal")
+    else:
+        cols = 10
+        rows = math.ceil(n / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.4))
+        for i, a in enumerate(axes.flat):
+            if i < n:
+                a.imshow(x[i].reshape(x.shape[-2], x.shape[-1]), cmap="gray", vmin=-1, vmax=1)
+            a.axis("off")
+    fig.suptitle(title, fontsize=9)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
