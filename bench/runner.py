@@ -227,9 +227,11 @@ class Runner:
         if mixture is not None:
             out["fid"] = frechet_gaussian(flat, mixture.mean(), mixture.covariance())
             out["fid_features"] = "data:exact-moments"
-            exact = mixture.sample(max(4096, 4 * x.shape[0]),
-                                   torch.Generator().manual_seed(12345))
-            out["swd"] = swd(flat, exact)
+            n_exact = max(4096, 4 * x.shape[0])
+            key = ("exact", id(mixture), n_exact)
+            if key not in self._refs:                       # drawn once per model
+                self._refs[key] = mixture.sample(n_exact, torch.Generator().manual_seed(12345))
+            out["swd"] = swd(flat, self._refs[key])
         elif dataset == "digits":
             if x.shape[0] >= 128:
                 if self._fid is None:
@@ -241,7 +243,10 @@ class Runner:
         elif dataset is not None:
             from models.data import toy_2d
 
-            ref = toy_2d(dataset, 10_000, seed=12345).reshape(10_000, -1).double()
+            key = ("data", dataset)
+            if key not in self._refs:
+                self._refs[key] = toy_2d(dataset, 10_000, seed=12345).reshape(10_000, -1).double()
+            ref = self._refs[key]
             out["fid"] = frechet_gaussian(flat, ref.mean(0), torch.cov(ref.T))
             out["fid_features"] = f"data:{dataset}-moments"
             out["swd"] = swd(flat, ref)
