@@ -20,9 +20,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps k-diffusion
 	touch $(STAMP)
 
+TRAINED := moons-vp,moons-rf,checkerboard-vp,checkerboard-rf,digits-vp,digits-rf
+
 bench: $(STAMP)
 	$(BIN)/samplerbench run bench/matrices/quick.toml --out results/quick
 	$(BIN)/samplerbench report results/quick
+	$(BIN)/samplerbench run bench/matrices/zoo.toml --out results/zoo
+	$(BIN)/samplerbench preview $(TRAINED),digits-cond-rf --out results/zoo/report
+	$(BIN)/samplerbench preview digits-cond-rf --guidance 2 --out results/zoo/report
+	$(BIN)/samplerbench report results/zoo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests

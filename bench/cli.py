@@ -168,6 +168,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_preview(args) -> int:
+    from pathlib import Path
+
+    from models.train import preview
+
+    out = Path(args.out)
+    for model in [m for m in args.models.split(",") if m]:
+        tag = "" if args.guidance is None else f"_w{args.guidance:g}"
+        path = preview(model, out / f"samples_{model}{tag}.png", steps=args.steps,
+                       solver=args.solver, grid=args.grid, n=args.n, seed=args.seed,
+                       guidance=args.guidance)
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_check(args) -> int:
     from bench.conformance import check_solver
 
@@ -230,6 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="output folder (default models/checkpoints)")
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(fn=cmd_train)
+
+    pv = sub.add_parser("preview", help="sample grids / scatter plots of models (PNG)")
+    pv.add_argument("models", help="comma-separated model names")
+    pv.add_argument("--out", required=True, help="output folder (samples_<model>.png)")
+    pv.add_argument("--solver", default="heun")
+    pv.add_argument("--steps", type=int, default=64)
+    pv.add_argument("--grid", default="karras")
+    pv.add_argument("--n", type=int, help="samples (default 2000 for 2-D, 100 for images)")
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--guidance", type=float, help="CFG weight for class-conditional models")
+    pv.set_defaults(fn=cmd_preview)
 
     ck = sub.add_parser("check-solver", help="conformance: measured vs declared order, NFE "
                         "honesty, determinism, batch and shape invariance, flow models")

@@ -344,6 +344,12 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
             for _, r in bad.iterrows():
                 md.append(f"- {r['label']} steps={r['steps']}: **{r['status']}** — {r['message']}")
             md.append("")
+    grids_png = sorted(out.glob("samples_*.png"))
+    if grids_png:
+        md += ["## Samples (`samplerbench preview`)", ""]
+        for png in grids_png:
+            md += [f"![{png.stem}]({png.name})", ""]
+            html_parts.append(f'<img src="{png.name}" alt="{html.escape(png.stem)}">')
     if "md" in formats:
         (out / "README.md").write_text("\n".join(md))
     if "csv" in formats:

@@ -52,3 +52,11 @@ def test_guidance_axis_and_dataset_metrics(tmp_path):
     by = {r["steps"]: r for r in rows}
     assert by[4]["fid_features"] == "data:moons-moments"
     assert by[16]["swd"] < by[4]["swd"]            # more steps, closer to the data
+
+
+def test_preview_writes_pngs_and_the_report_shows_them(tmp_path):
+    assert main(["preview", "moons-rf,digits-rf", "--out", str(tmp_path), "--steps", "4",
+                 "--n", "20"]) == 0
+    assert (tmp_path / "samples_moons-rf.png").stat().st_size > 5000
+    assert (tmp_path / "samples_digits-rf.png").stat().st_size > 5000
+    assert main(["preview", "nope", "--out", str(tmp_path)]) == 2
