@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("spec", nargs="?", help="matrix spec (TOML)")
     run.add_argument("--out", help="output directory (default results/<spec name>)")
-    run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="overrides the spec")
+    run.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"], help="overrides the spec")
     run.add_argument("--no-resume", action="store_true", help="recompute every cell")
     run.add_argument("--models", help="ad hoc: comma-separated model names")
     run.add_argument("--solvers", help="ad hoc: comma-separated solver names")

@@ -47,7 +47,7 @@ from pathlib import Path
 from models.errors import UserError
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = ("cpu", "cuda", "mps", "auto")
 
 _TOP_KEYS = {"name", "description", "models", "solvers", "grids", "steps", "tolerances", "final",
              "samples", "seed", "noise", "guidance", "dtype", "state_dtype", "device", "threads", "reference", "timing",
