@@ -57,14 +57,13 @@ class PredictionDenoiser(Denoiser):
         return to_x0(self.prediction, out, x, a, s, da, ds)
 
 
-class CastDenoiser(Denoiser):
-    """Runs ``inner`` in ``dtype`` (e.g. bfloat16) while the solver state stays in its own dtype:
-    x and t are cast on the way in, x0_hat back to the state's dtype on the way out."""
+class DenoiserWrapper(Denoiser):
+    """Base of the wrappers around a denoiser (cast, timing, counting, guidance): same schedule,
+    data shape, sampling interval and forward passes per call as ``inner``."""
 
-    def __init__(self, inner: Denoiser, dtype: torch.dtype):
+    def __init__(self, inner: Denoiser):
         super().__init__(inner.schedule, inner.data_shape)
         self.inner = inner
-        self.dtype = dtype
         self.forward_passes_per_call = getattr(inner, "forward_passes_per_call", 1)
 
     @property
@@ -74,6 +73,15 @@ class CastDenoiser(Denoiser):
     @property
     def t_max(self):
         return self.inner.t_max
+
+
+class CastDenoiser(DenoiserWrapper):
+    """Runs ``inner`` in ``dtype`` (e.g. bfloat16) while the solver state stays in its own dtype:
+    x and t are cast on the way in, x0_hat back to the state's dtype on the way out."""
+
+    def __init__(self, inner: Denoiser, dtype: torch.dtype):
+        super().__init__(inner)
+        self.dtype = dtype
 
     def forward(self, x, t, **cond):
         # time stays at least float32 (as under autocast): bf16 cannot tell t = 79 from 80
@@ -81,23 +89,13 @@ class CastDenoiser(Denoiser):
         return self.inner(x.to(self.dtype), tt, **cond).to(x.dtype)
 
 
-class TimedDenoiser(Denoiser):
+class TimedDenoiser(DenoiserWrapper):
     """Accumulates wall time spent inside ``inner`` (CUDA-synchronised), so a harness can report
     model time and solver overhead separately.  Timing adds two clock reads per call."""
 
     def __init__(self, inner: Denoiser):
-        super().__init__(inner.schedule, inner.data_shape)
-        self.inner = inner
-        self.forward_passes_per_call = getattr(inner, "forward_passes_per_call", 1)
+        super().__init__(inner)
         self.seconds = 0.0
-
-    @property
-    def t_min(self):
-        return self.inner.t_min
-
-    @property
-    def t_max(self):
-        return self.inner.t_max
 
     def forward(self, x, t, **cond):
         import time
@@ -113,24 +111,15 @@ class TimedDenoiser(Denoiser):
         return out
 
 
-class CountingDenoiser(Denoiser):
+class CountingDenoiser(DenoiserWrapper):
     """Wraps a denoiser and counts calls (NFE) and network forward passes.
 
     NFE is counted here and nowhere else (DESIGN: count, don't infer)."""
 
     def __init__(self, inner: Denoiser):
-        super().__init__(inner.schedule, inner.data_shape)
-        self.inner = inner
+        super().__init__(inner)
         self.nfe = 0
         self.forward_passes = 0
-
-    @property
-    def t_min(self):
-        return self.inner.t_min
-
-    @property
-    def t_max(self):
-        return self.inner.t_max
 
     def forward(self, x, t, **cond):
         self.nfe += 1

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from models.denoiser import Denoiser
+from models.denoiser import Denoiser, DenoiserWrapper
 from models.errors import UserError
 
 Tensor = torch.Tensor
@@ -41,32 +41,23 @@ def conditional_models() -> list[str]:
     return [e.name for e in model_entries() if getattr(e, "num_classes", None)]
 
 
-class CFGDenoiser(Denoiser):
+class CFGDenoiser(DenoiserWrapper):
     """Classifier-free guidance with weight ``w`` around a class-conditional denoiser.
 
     ``inner`` must accept ``y`` (labels [B] int64; ``inner.num_classes`` is the null label).
     ``labels`` (optional) are bound per sample; a ``y`` given at call time takes precedence."""
 
     def __init__(self, inner: Denoiser, w: float, labels: Sequence[int] | Tensor | None = None):
-        super().__init__(inner.schedule, inner.data_shape)
+        super().__init__(inner)
         num_classes = getattr(inner, "num_classes", None)
         if not num_classes:
             raise UserError("guidance", w, hint="the model is not class-conditional; guidance "
                             "needs a model with class labels, e.g. digits-cond-rf")
         w = _check_weight(w)
-        self.inner = inner
         self.w = w
         self.num_classes = int(num_classes)
         self.forward_passes_per_call = 1 if w == 0.0 else 2
         self.labels = None if labels is None else self._check_labels(labels)
-
-    @property
-    def t_min(self):
-        return self.inner.t_min
-
-    @property
-    def t_max(self):
-        return self.inner.t_max
 
     def _check_labels(self, labels) -> Tensor:
         y = torch.as_tensor(labels).long().reshape(-1)
