@@ -27,7 +27,7 @@ from models.denoiser import CastDenoiser, TimedDenoiser
 from models.errors import UserError
 from models.guidance import class_labels, conditional_models, guided
 from models.zoo import load_model, model_entry
-from solvers import get_solver, initial_noise, make_grid, make_noise
+from solvers import Solution, get_solver, initial_noise, make_grid, make_noise
 from solvers.classical.adaptive import reference_solve
 from solvers.noise import sample_seeds
 
@@ -273,17 +273,41 @@ class Runner:
         try:
             tden = TimedDenoiser(den)
             walls = []
+            xs, ss = x_init[part], list(seeds)
+            local_cond = {k: v[part] for k, v in (cond or {}).items()}
 
-            def once():
+            def once(chunks: int):
+                # samples are independent (per-sample seeds): solving the share in chunks gives
+                # the same samples; used after an out-of-memory error
                 tden.seconds = 0.0
-                local_cond = {k: v[part] for k, v in (cond or {}).items()}
-                out = self._solve(solver, tden, grid, x_init[part], seeds, cell.noise, local_cond)
+                bounds = [len(ss) * i // chunks for i in range(chunks + 1)]
+                sols = [self._solve(solver, tden, grid, xs[a:b], ss[a:b], cell.noise,
+                                    {k: v[a:b] for k, v in local_cond.items()})
+                        for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
                 walls.append(tden.seconds)
-                return out
+                bad = next((q for q in sols if q.status != "ok"), None)
+                first = sols[0]
+                return Solution(x=torch.cat([q.x for q in sols]), nfe=first.nfe,
+                                n_steps=first.n_steps, status=bad.status if bad else "ok",
+                                message=bad.message if bad else "",
+                                forward_passes=first.forward_passes), chunks
 
-            sol, wall, times = timed(once, self.device, warmup, repeats)
+            chunks, note = 1, ""
+            while True:
+                try:
+                    (sol, chunks), wall, _ = timed(lambda: once(chunks), self.device, warmup,
+                                                   repeats)
+                    break
+                except torch.OutOfMemoryError:
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if chunks >= 2:
+                        raise
+                    chunks = 2
+                    note = (f"out of memory at batch {len(ss)}; solved in 2 chunks "
+                            f"(NFE is per chunk)")
             model_s = sorted(walls[-repeats:])[len(walls[-repeats:]) // 2]
-            local.update(status=sol.status, message=sol.message, nfe=sol.nfe,
+            local.update(status=sol.status, message=sol.message or note, nfe=sol.nfe,
                          fp=sol.forward_passes, wall=wall, x=sol.x.detach().cpu(), model=model_s)
         except Exception as exc:  # recorded, and the other ranks learn of it below
             tb = traceback.extract_tb(exc.__traceback__)

@@ -47,6 +47,18 @@ class PlugDiverge(Solver):
 
 
 @dataclass(frozen=True)
+class PlugOOM(Solver):
+    """Euler that runs out of memory above batch 4 (as a GPU would)."""
+    name = "plug_oom"
+    order = 1.0
+
+    def step(self, dynamics, t0, t1, x, state, noise):
+        if x.shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return x + (t1 - t0) * dynamics.velocity(t0, x), state
+
+
+@dataclass(frozen=True)
 class PlugRaise(Solver):
     """Raises inside step."""
     name = "plug_raise"
@@ -69,7 +81,8 @@ def plugin_path(tmp_path_factory) -> Path:
         "[samplerbench.solvers]\n"
         "plug_euler = sb_plugin_mod:PlugEuler\n"
         "plug_diverge = sb_plugin_mod:PlugDiverge\n"
-        "plug_raise = sb_plugin_mod:PlugRaise\n")
+        "plug_raise = sb_plugin_mod:PlugRaise\n"
+        "plug_oom = sb_plugin_mod:PlugOOM\n")
     return d
 
 
@@ -138,6 +151,21 @@ def test_failure_isolation(plugin_path, tmp_path):
     assert r.returncode == 0, r.stderr
     text = (out / "report" / "README.md").read_text()
     assert "diverged" in text and "failed" in text
+
+
+def test_out_of_memory_is_retried_at_half_batch(plugin_path, tmp_path):
+    out = tmp_path / "out"
+    r = sb("run", "--models", "gmm2d", "--solvers", "plug_oom,euler", "--steps", "4",
+           "--samples", "8", "--dtype", "float64", "--out", out, "--quiet", plugin=plugin_path)
+    assert r.returncode == 0, r.stderr
+    rows = {x["solver"]: x for x in rows_of(out)}
+    assert rows["plug_oom"]["status"] == "ok" and "2 chunks" in rows["plug_oom"]["message"]
+    # the same samples as the one-batch Euler: per-sample seeds make chunking invisible
+    assert rows["plug_oom"]["err_rms"] == pytest.approx(rows["euler"]["err_rms"], rel=1e-12)
+    r = sb("run", "--models", "gmm2d", "--solvers", "plug_oom", "--steps", "4",
+           "--samples", "16", "--out", tmp_path / "o2", "--quiet", plugin=plugin_path)
+    (row,) = rows_of(tmp_path / "o2")
+    assert row["status"] == "failed" and "OutOfMemoryError" in row["message"]
 
 
 def test_row_schema_and_provenance(tmp_path):
