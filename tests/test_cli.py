@@ -349,8 +349,26 @@ def test_gmm_json_model_runs(tmp_path):
     assert row["status"] == "ok" and row["nfe"] == 15 and row["model"] == f"gmm:{f}"
 
 
+def _start(spec: Path, out: Path) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "bench", "run", str(spec), "--out", str(out),
+                             "--quiet"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _kill_after(proc: subprocess.Popen, rows_file: Path, n_rows: int) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if rows_file.exists() and len(rows_file.read_text().splitlines()) >= n_rows:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_kill_and_resume(tmp_path):
-    """SIGKILL a run mid-way; the rerun completes only the missing cells, each exactly once."""
+    """SIGKILL a run at two points; the reruns complete only the missing cells, each exactly
+    once, and every value equals that of an uninterrupted run."""
     spec = write_spec(tmp_path / "k.toml", """
         name = "kill"
         models = ["gmm64"]
@@ -362,34 +380,34 @@ def test_kill_and_resume(tmp_path):
         repeats = 5
     """)
     out = tmp_path / "out"
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(spec), "--out", str(out),
-                             "--quiet"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     rows_file = out / "rows.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if rows_file.exists() and len(rows_file.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after(_start(spec, out), rows_file, 3)
     before = rows_of(out)
     assert 3 <= len(before) < 24, "the run should have been killed mid-way"
     # simulate a torn final line from a kill during write
     with open(rows_file, "a") as f:
         f.write('{"case_id": "torn", "model": ')
+    _kill_after(_start(spec, out), rows_file, len(before) + 4)
+    middle = rows_of(out)
+    assert len(before) < len(middle) < 24 and middle[: len(before)] == before
     r = sb("run", spec, "--out", out)
     assert r.returncode == 0, r.stderr
-    assert f"{len(before)} reused" in r.stdout
+    assert f"{len(middle)} reused" in r.stdout
     after = rows_of(out)
     ids = [x["case_id"] for x in after]
     assert len(ids) == 24 and len(set(ids)) == 24
-    # rows computed before the kill were kept as they were
-    assert after[: len(before)] == before
+    assert after[: len(middle)] == middle          # rows written before a kill are kept as they were
     # a third run computes nothing
     r = sb("run", spec, "--out", out)
     assert "24 reused" in r.stdout and len(rows_of(out)) == 24
+    # the same values as a run that was never interrupted
+    r = sb("run", spec, "--out", tmp_path / "clean")
+    assert r.returncode == 0, r.stderr
+    clean = {x["case_id"]: x for x in rows_of(tmp_path / "clean")}
+    for x in after:
+        c = clean[x["case_id"]]
+        for k in ("status", "nfe", "err_rms", "err_max", "nonconv", "fid", "swd"):
+            assert x[k] == c[k], (x["solver"], x["steps"], k)
 
 
 def test_report_tables_and_plot(tmp_path):
