@@ -42,3 +42,16 @@ def autograd_derivative(fn, t: torch.Tensor) -> torch.Tensor:
     out = fn(tt) + 0.0 * tt
     (g,) = torch.autograd.grad(out.sum(), tt)
     return g
+
+
+class VEView:
+    """k-diffusion's model(xbar, sigma) for our denoiser: D(alpha xbar, t(sigma)); counts calls."""
+
+    def __init__(self, den):
+        self.den, self.sched, self.calls = den, den.schedule, 0
+
+    def __call__(self, xbar, sigma):
+        self.calls += 1
+        t = self.sched.t_from_ratio(sigma)
+        a = self.sched.alpha(t).reshape((-1,) + (1,) * (xbar.ndim - 1))
+        return self.den(a * xbar, t)

@@ -29,6 +29,7 @@ import types
 from pathlib import Path
 
 import pytest
+from helpers import VEView
 
 from models.dynamics import ProbabilityFlowODE
 from models.zoo import load_model
@@ -62,19 +63,6 @@ K = _load_sampling()
 
 RTOL = 1e-10
 STEPS = (10, 25)
-
-
-class VEView:
-    """k-diffusion's model(xbar, sigma) for our denoiser: D(alpha xbar, t(sigma)); counts calls."""
-
-    def __init__(self, den):
-        self.den, self.sched, self.calls = den, den.schedule, 0
-
-    def __call__(self, xbar, sigma):
-        self.calls += 1
-        t = self.sched.t_from_ratio(sigma)
-        a = self.sched.alpha(t).reshape((-1,) + (1,) * (xbar.ndim - 1))
-        return self.den(a * xbar, t)
 
 
 def _denoise_last(model, x, sigmas):

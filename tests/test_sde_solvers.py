@@ -17,6 +17,7 @@ import types
 from pathlib import Path
 
 import pytest
+from helpers import VEView
 import torch
 
 from models.zoo import load_model
@@ -58,19 +59,6 @@ def _model(name):
     if name not in _MODELS:
         _MODELS[name] = load_model(name)
     return _MODELS[name]
-
-
-class VEView:
-    """k-diffusion's model(xbar, sigma) for our denoiser: D(alpha xbar, t(sigma)); counts calls."""
-
-    def __init__(self, den):
-        self.den, self.sched, self.calls = den, den.schedule, 0
-
-    def __call__(self, xbar, sigma):
-        self.calls += 1
-        t = self.sched.t_from_ratio(sigma)
-        a = self.sched.alpha(t).reshape((-1,) + (1,) * (xbar.ndim - 1))
-        return self.den(a * xbar, t)
 
 
 class Tape:
