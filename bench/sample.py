@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bench.runner import DTYPES, resolve_device
 from models.errors import UserError

@@ -55,3 +55,30 @@ class VEView:
         t = self.sched.t_from_ratio(sigma)
         a = self.sched.alpha(t).reshape((-1,) + (1,) * (xbar.ndim - 1))
         return self.den(a * xbar, t)
+
+
+def load_kdiffusion_sampling(pkg: str):
+    """k-diffusion's ``sampling.py`` loaded alone (k-diffusion is installed with --no-deps, so
+    the package itself cannot be imported), under the private package name ``pkg`` with a stub
+    ``utils``.  None when k-diffusion or one of sampling.py's own imports is missing."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "sampling.py"
+    mod_pkg = types.ModuleType(pkg)
+    mod_pkg.__path__ = []
+    utils = types.ModuleType(f"{pkg}.utils")
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+    sys.modules[pkg], sys.modules[f"{pkg}.utils"] = mod_pkg, utils
+    mod_spec = importlib.util.spec_from_file_location(f"{pkg}.sampling", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(mod)
+    except ImportError:
+        return None
+    return mod

@@ -23,13 +23,9 @@ it is installed with ``pip install --no-deps k-diffusion`` (see the Makefile).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-from pathlib import Path
 
 import pytest
-from helpers import VEView
+from helpers import VEView, load_kdiffusion_sampling
 
 from models.dynamics import ProbabilityFlowODE
 from models.zoo import load_model
@@ -39,23 +35,10 @@ _PKG = "_kdiffusion_peer"   # private name: the real ``k_diffusion`` package is 
 
 
 def _load_sampling():
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed (make venv installs it with --no-deps)",
-                    allow_module_level=True)
-    path = Path(list(spec.submodule_search_locations)[0]) / "sampling.py"
-    pkg = types.ModuleType(_PKG)
-    pkg.__path__ = []
-    utils = types.ModuleType(f"{_PKG}.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    sys.modules[_PKG], sys.modules[f"{_PKG}.utils"] = pkg, utils
-    mod_spec = importlib.util.spec_from_file_location(f"{_PKG}.sampling", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(mod)
-    except ImportError as exc:
-        pytest.skip(f"k_diffusion/sampling.py needs {exc.name!r} (pip install it)",
-                    allow_module_level=True)
+    mod = load_kdiffusion_sampling(_PKG)
+    if mod is None:
+        pytest.skip("k-diffusion's sampling module is not loadable (make venv installs "
+                    "k-diffusion with --no-deps)", allow_module_level=True)
     return mod
 
 

@@ -11,13 +11,9 @@ relative (the issue asks for 1e-4), float64.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-from pathlib import Path
 
 import pytest
-from helpers import VEView
+from helpers import VEView, load_kdiffusion_sampling
 import torch
 
 from models.zoo import load_model
@@ -31,22 +27,7 @@ STOCHASTIC = [n for n in available_solvers() if solver_class(n).stochastic]
 
 
 def _load_sampling():
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "sampling.py"
-    pkg = types.ModuleType(_PKG)
-    pkg.__path__ = []
-    utils = types.ModuleType(f"{_PKG}.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    sys.modules[_PKG], sys.modules[f"{_PKG}.utils"] = pkg, utils
-    mod_spec = importlib.util.spec_from_file_location(f"{_PKG}.sampling", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(mod)
-    except ImportError:
-        return None
-    return mod
+    return load_kdiffusion_sampling(_PKG)
 
 
 K = _load_sampling()
