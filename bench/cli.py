@@ -18,7 +18,7 @@ EXAMPLES = """examples:
   samplerbench run --models gmm64,gmm64-rf --solvers euler,heun,rk4 --steps 8,16,32 --grid karras
   samplerbench sample gmm2d heun --steps 18 --n 512 --out samples.npz
   samplerbench sample gmm64 euler_ancestral --steps 32 --noise brownian --solver-opt eta=0.5 --out x.npz
-  samplerbench report results/quick --format md,csv,html
+  samplerbench report results/quick --format md,csv,html,parquet
   samplerbench check-solver dpmpp_2m
 """
 
@@ -90,7 +90,10 @@ def cmd_list(args) -> int:
 
 def cmd_run(args) -> int:
     from bench.runner import run_spec
-    from bench.spec import load_spec, parse_csv_floats, parse_csv_ints, parse_spec
+    import dataclasses
+
+    from bench.spec import (load_spec, parse_compile, parse_csv_floats, parse_csv_ints,
+                            parse_spec)
 
     if args.spec and (args.models or args.solvers):
         raise UserError("run", args.spec, hint="give a SPEC.toml or --models/--solvers, not both")
@@ -113,6 +116,8 @@ def cmd_run(args) -> int:
         if args.tolerances:
             raw["tolerances"] = parse_csv_floats("--tolerances", args.tolerances)
         spec = parse_spec(raw)
+    if args.compile is not None:
+        spec = dataclasses.replace(spec, compile=parse_compile(args.compile, "--compile"))
     summary = run_spec(spec, args.out, device=args.device, resume=not args.no_resume,
                        progress=not args.quiet)
     status = summary["matrix_status"]          # over the whole matrix, reused cells included
@@ -218,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--noise", help="ad hoc: noise modes for stochastic solvers (fresh,brownian)")
     run.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"])
     run.add_argument("--name", help="ad hoc: run name (default 'adhoc')")
+    run.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                     help="torch.compile the model (default backend inductor; overrides the spec)")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.add_argument("--strict", action="store_true",
                      help="exit 1 at the end if any cell failed or diverged (the run still "
@@ -267,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="tables and plots from a run directory")
     rp.add_argument("dir")
-    rp.add_argument("--format", default="md,csv,html", help="comma-separated: md,csv,html,latex")
+    rp.add_argument("--format", default="md,csv,html,parquet",
+                    help="comma-separated: md,csv,html,latex,parquet")
     rp.set_defaults(fn=cmd_report)
     return p
 

@@ -9,12 +9,24 @@ present locally -- nothing is downloaded.
 
 Rows record ``fid_features`` as ``<network>@<weights hash>/ref@<reference hash>``; the sample
 count is ``n_samples``.
+
+``fid_features = "inception"`` (spec ``[metrics]``) swaps the feature network for torchmetrics'
+Inception-v3 (2048-D pool features; digits upsampled to 299x299 and repeated to 3 channels), but
+only when ``torch_fidelity`` is importable and its weights file is named by the environment
+variable ``SAMPLERBENCH_INCEPTION_WEIGHTS``; otherwise a ``UserError`` says how to get them.
+
+``kid = true`` adds torchmetrics' ``KernelInceptionDistance`` with the same feature network and
+reference set (cubic polynomial kernel, 100 subsets of ``min(1000, n)`` samples, a fixed seed;
+for the digits network the kernel's gamma is 1 / (d * mean square of the reference features)):
+rows get ``kid``, ``kid_std`` and the protocol in ``kid_protocol``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +39,15 @@ from models.errors import UserError
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
 FEATURES_NAME = "digits-features"
 MIN_SAMPLES = 128          # > 64 features: a non-singular sample covariance, with margin
+FID_FEATURES = ("auto", "inception")   # spec [metrics] fid_features
+INCEPTION_ENV = "SAMPLERBENCH_INCEPTION_WEIGHTS"
+INCEPTION_NAME = "inception-v3-compat"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 + INCEPTION_FILE)
+KID_SUBSETS = 100
+KID_MAX_SUBSET = 1000
+KID_SEED = 0
 
 
 class DigitsFeatures(nn.Module):
@@ -135,14 +156,78 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1.0) / 2.0).clamp(0, 1).reshape(-1, 1, 8, 8)
 
 
-class DigitsFID:
-    """FID of generated digits against the training set, with a pinned protocol."""
+def inception_weights() -> Path:
+    """The local Inception weights file for ``fid_features = "inception"``; a ``UserError``
+    naming the field, the environment variable and how to get the file when it or
+    ``torch_fidelity`` is missing.  Nothing is ever downloaded."""
+    missing = []
+    env = os.environ.get(INCEPTION_ENV)
+    if not env:
+        missing.append(f"${INCEPTION_ENV} is not set")
+    elif not Path(env).is_file():
+        missing.append(f"${INCEPTION_ENV}={env} is not a file")
+    if importlib.util.find_spec("torch_fidelity") is None:
+        missing.append("torch_fidelity is not installed (pip install torch-fidelity)")
+    if missing:
+        raise UserError("fid_features", "inception", hint=(
+            "Inception features need torch-fidelity and its weights file on this machine ("
+            + "; ".join(missing) + "): on a machine with internet download " + INCEPTION_URL
+            + f", copy it here and set {INCEPTION_ENV}=/path/to/{INCEPTION_FILE}; nothing is "
+            "downloaded at run time. Or use fid_features = \"auto\" (the digits feature network)"))
+    return Path(env)
 
-    def __init__(self, cache_dir: Path | None = None, min_samples: int = MIN_SAMPLES):
+
+class InceptionFeatures(nn.Module):
+    """torchmetrics' Inception-v3 (torch-fidelity's port, 2048-D pool features) for 8x8 digits:
+    input [B, 1, 8, 8] (or [B, 64]) in [0, 1], upsampled bilinearly to 299x299, repeated to
+    3 channels and quantised to uint8 (what the network expects), in batches of ``batch``."""
+
+    num_features = 2048
+
+    def __init__(self, weights_path: str | Path | None = None, net: nn.Module | None = None,
+                 batch: int = 64):
+        super().__init__()
+        if net is None:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+
+            weights_path = inception_weights() if weights_path is None else weights_path
+            net = NoTrainInceptionV3(name=INCEPTION_NAME, features_list=[str(self.num_features)],
+                                     feature_extractor_weights_path=str(weights_path))
+        self.net = net
+        self.batch = batch
+
+    @staticmethod
+    def preprocess(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, 1, 8, 8).float()
+        x = nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return (x.repeat(1, 3, 1, 1).clamp(0, 1) * 255).round().to(torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, 1, 8, 8)
+        with torch.no_grad():
+            return torch.cat([self.net(self.preprocess(x[i:i + self.batch])).reshape(
+                -1, self.num_features).float() for i in range(0, x.shape[0], self.batch)])
+
+
+class DigitsFID:
+    """FID (and optionally KID) of generated digits against the training set, with a pinned
+    protocol.  ``features``: "auto" (the shipped digits network) or "inception"."""
+
+    def __init__(self, cache_dir: Path | None = None, min_samples: int = MIN_SAMPLES,
+                 features: str = "auto", kid: bool = False):
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        self.net, self.weights_hash = load_features()
+        if features == "auto":
+            self.net, self.weights_hash = load_features()
+            self.feature_name = FEATURES_NAME
+        elif features == "inception":
+            path = inception_weights()
+            self.net, self.weights_hash = InceptionFeatures(path), sha256(path)[:12]
+            self.feature_name = INCEPTION_NAME
+        else:
+            raise UserError("fid_features", features, FID_FEATURES)
         self.min_samples = min_samples
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.metric = FrechetInceptionDistance(feature=self.net, normalize=True,
                                                reset_real_features=False)
         real, _ = _digits01()
@@ -164,10 +249,52 @@ class DigitsFID:
                 save_file({k: getattr(self.metric, k).contiguous() for k in (
                     "real_features_sum", "real_features_cov_sum", "real_features_num_samples")},
                     str(cache))
+        self._real_features = None
+        self.kid_metric = None
+        if kid:
+            import warnings
+
+            from torchmetrics.image.kid import KernelInceptionDistance
+
+            real = self.real_features()
+            d = real.shape[1]
+            if features == "inception":          # the standard KID kernel (Binkowski et al.)
+                gamma, self.kid_kernel = None, "poly3,gamma=1/d"
+            else:
+                # the digits features are unnormalised ReLU outputs (RMS ~7): scale the kernel by
+                # their mean square on the reference set, so (x.y gamma + 1)^3 stays O(1)
+                ms = float(real.double().pow(2).mean())
+                gamma, self.kid_kernel = 1.0 / (d * ms), f"poly3,gamma=1/(d*{ms:.4g})"
+            with warnings.catch_warnings():      # "saves all features": 64-D x 1797, fine
+                warnings.simplefilter("ignore", UserWarning)
+                self.kid_metric = KernelInceptionDistance(
+                    feature=self.net, subsets=KID_SUBSETS, subset_size=KID_MAX_SUBSET,
+                    gamma=gamma, reset_real_features=False, normalize=True)
+            self.kid_metric.real_features.append(real)
 
     @property
     def protocol(self) -> str:
-        return f"{FEATURES_NAME}@{self.weights_hash}/ref@{self.ref_hash}"
+        return f"{self.feature_name}@{self.weights_hash}/ref@{self.ref_hash}"
+
+    def real_features(self) -> torch.Tensor:
+        """Features of the 1797 training digits (the reference set), cached beside the FID
+        statistics as ``kidref-<reference hash>.safetensors``."""
+        if self._real_features is None:
+            cache = (self.cache_dir / f"kidref-{self.ref_hash}.safetensors"
+                     if self.cache_dir else None)
+            if cache is not None and cache.exists():
+                from safetensors.torch import load_file
+
+                self._real_features = load_file(str(cache))["features"]
+            else:
+                with torch.no_grad():
+                    self._real_features = self.net(_digits01()[0]).float()
+                if cache is not None:
+                    from safetensors.torch import save_file
+
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    save_file({"features": self._real_features.contiguous()}, str(cache))
+        return self._real_features
 
     def __call__(self, samples: torch.Tensor) -> float:
         """FID of ``samples`` (model space, [N, 1, 8, 8] or [N, 64], values ~[-1, 1])."""
@@ -176,5 +303,25 @@ class DigitsFID:
             raise UserError("samples", n, hint=f"FID with {self.net.num_features}-D features "
                             f"needs at least {self.min_samples} samples (the protocol's minimum)")
         self.metric.reset()                      # keeps the real statistics
-        self.metric.update(to_unit(samples), real=False)
+        self.metric.update(to_unit(samples.detach().cpu()), real=False)
         return float(self.metric.compute())
+
+    def kid(self, samples: torch.Tensor) -> dict:
+        """KID of ``samples`` against the training digits: ``{"kid": mean over subsets,
+        "kid_std": their standard deviation, "kid_protocol": ...}``.  Subsets of
+        ``min(1000, n)`` samples, drawn from a fixed seed (the global RNG is left alone)."""
+        if self.kid_metric is None:
+            raise RuntimeError("DigitsFID(kid=True) computes KID")
+        n = samples.shape[0]
+        if n < 2:
+            raise UserError("samples", n, hint="KID needs at least 2 samples")
+        m = min(KID_MAX_SUBSET, n)
+        self.kid_metric.reset()                  # keeps the real features
+        self.kid_metric.subset_size = m
+        self.kid_metric.update(to_unit(samples.detach().cpu()), real=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(KID_SEED)
+            mean, std = self.kid_metric.compute()
+        proto = (f"{self.protocol}/{self.kid_kernel},subsets={self.kid_metric.subsets},"
+                 f"subset_size={m},seed={KID_SEED}")
+        return {"kid": float(mean), "kid_std": float(std), "kid_protocol": proto}

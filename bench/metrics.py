@@ -188,3 +188,55 @@ def strong_reference(solver, denoiser, x_init: torch.Tensor, seeds, grid, steps:
     src = make_noise(noise, list(seeds), denoiser.data_shape, fine, dtype=x_init.dtype,
                      device=x_init.device)
     return solver.solve(solver.make_dynamics(denoiser, cond), x_init, fine, src)
+
+
+# --------------------------------------------------------------------------------------------
+# peak memory of a cell
+# --------------------------------------------------------------------------------------------
+
+class PeakMemory:
+    """Peak memory over a window: ``start()`` ... ``stop() -> (bytes, kind)``.
+
+    CUDA: the caching allocator's peak (``max_memory_allocated``, reset at start), kind
+    ``cuda_allocated``.  CPU on Linux: the process's peak resident set (VmHWM), reset at start by
+    writing 5 to /proc/self/clear_refs, kind ``cpu_rss`` -- the whole process (interpreter, torch,
+    model weights, cached references) at its highest point in the window, not only the cell's own
+    tensors.  Elsewhere on CPU: ``ru_maxrss``, the process's lifetime peak, kind
+    ``cpu_rss_lifetime``."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.kind = None
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda_allocated"
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self.kind = "cpu_rss"
+        except OSError:
+            self.kind = "cpu_rss_lifetime"
+
+    def stop(self) -> tuple[int | None, str | None]:
+        if self.kind == "cuda_allocated":
+            return int(torch.cuda.max_memory_allocated(self.device)), self.kind
+        if self.kind == "cpu_rss":
+            try:
+                with open("/proc/self/status") as fh:
+                    for line in fh:
+                        if line.startswith("VmHWM:"):
+                            return int(line.split()[1]) * 1024, self.kind
+            except OSError:
+                pass
+        try:
+            import resource
+            import sys
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            # kilobytes on Linux, bytes on macOS
+            return int(peak if sys.platform == "darwin" else peak * 1024), "cpu_rss_lifetime"
+        except (ImportError, OSError):
+            return None, None

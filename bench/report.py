@@ -1,8 +1,9 @@
 """Reports from a run directory: per-model tables (solvers x steps), fitted orders, plots.
 
-``samplerbench report DIR [--format md,csv,html,latex]`` writes ``DIR/report/``:
-``README.md`` (Markdown tables and the plots), ``rows.csv``, ``report.html``, ``tables.tex``
-and ``err_vs_nfe_<model>.png`` / ``nonconv_<model>.png``.
+``samplerbench report DIR [--format md,csv,html,latex,parquet]`` writes ``DIR/report/``:
+``README.md`` (Markdown tables and the plots), ``rows.csv``, ``report.html``, ``tables.tex``,
+``rows.parquet`` (every row, through pandas + pyarrow) and ``err_vs_nfe_<model>.png`` /
+``nonconv_<model>.png``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from bench.metrics import fit_order, fit_order_ci, pareto_front
 from bench.store import read_rows
 from models.errors import UserError
 
-FORMATS = ("md", "csv", "html", "latex")
+FORMATS = ("md", "csv", "html", "latex", "parquet")
 
 
 def _solver_defaults(name: str) -> dict | None:
@@ -98,6 +99,36 @@ def metric_table(df: pd.DataFrame, metric: str, with_nfe: bool = True) -> pd.Dat
     return table
 
 
+def kid_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Solvers x steps table of KID, ``mean ± std over subsets (NFE)``."""
+    fixed = df[df["steps"].notna()]
+    out = {}
+    for label, g in fixed.groupby("label", sort=False):
+        row = {}
+        for _, r in g.sort_values("steps").iterrows():
+            kid, std = r["kid"], r.get("kid_std")
+            if _status_cell(r) or kid is None or pd.isna(kid):
+                cell = _status_cell(r) or "—"
+            else:
+                cell = f"{kid:.2e} ± {std:.1e} ({int(r['nfe'])})" if std is not None and \
+                    not pd.isna(std) else _fmt(kid, r["nfe"])
+            row[int(r["steps"])] = cell
+        out[label] = row
+    table = pd.DataFrame(out).T
+    if not table.empty:
+        table = table[sorted(table.columns)]
+        table.columns = [f"{c} steps" for c in table.columns]
+    return table
+
+
+def flat_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows as stored (no report columns), nested parameters as JSON text."""
+    flat = df.drop(columns=["label", "grid_label"]).copy()
+    for c in ("solver_params", "grid_params"):
+        flat[c] = flat[c].map(lambda v: json.dumps(v, sort_keys=True))
+    return flat
+
+
 def order_table(df: pd.DataFrame) -> pd.DataFrame:
     recs = []
     for (label, solver), g in df[df["status"] == "ok"].groupby(["label", "solver"], sort=False):
@@ -151,7 +182,8 @@ def _md(table: pd.DataFrame, index: bool = True) -> str:
 
 def _latex(table: pd.DataFrame, caption: str) -> str:
     cols = ["solver"] + [str(c) for c in table.columns]
-    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("—", "--")
+    esc = lambda s: (str(s).replace("_", r"\_").replace("%", r"\%").replace("—", "--")
+                     .replace("±", r"$\pm$"))
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              r"\begin{tabular}{l" + "r" * len(table.columns) + "}", r"\toprule",
              " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
@@ -333,6 +365,14 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
                     if plot_vs_nfe(g, "fid", out / png, f"{title}: {what}", what, fit=False):
                         md += [f"![{what} vs NFE]({png})", ""]
                         html_parts.append(f'<img src="{png}" alt="fid vs nfe">')
+        if "kid" in g and g["kid"].notna().any():
+            protos = sorted(set(g["kid_protocol"].dropna())) if "kid_protocol" in g else []
+            kt = kid_table(g)
+            md += ["### KID, mean ± std over subsets (NFE)", "",
+                   *([f"Protocol: {'; '.join(protos)}.", ""] if protos else []), _md(kt)]
+            html_parts.append(f"<h3>{html.escape(title)}: KID</h3>"
+                              + kt.to_html(na_rep="—", escape=True))
+            tex_parts.append(_latex(kt, f"{title}: KID mean ± std (NFE)"))
         # each table ranks comparable numbers: the deterministic solvers' error against the ODE
         # reference, and the weak error (every solver, stochastic ones included)
         det = g[g["noise"].isna() & g["reference"].fillna("").str.startswith("dopri8")] \
@@ -380,10 +420,9 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
     if "md" in formats:
         (out / "README.md").write_text("\n".join(md))
     if "csv" in formats:
-        flat = df.drop(columns=["label", "grid_label"]).copy()
-        for c in ("solver_params", "grid_params"):
-            flat[c] = flat[c].map(lambda v: json.dumps(v, sort_keys=True))
-        flat.to_csv(out / "rows.csv", index=False)
+        flat_rows(df).to_csv(out / "rows.csv", index=False)
+    if "parquet" in formats:
+        flat_rows(df).to_parquet(out / "rows.parquet", index=False, engine="pyarrow")
     if "html" in formats:
         page = ("<!doctype html><html><head><meta charset='utf-8'><title>samplerbench report</title>"
                 "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"

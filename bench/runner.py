@@ -19,14 +19,15 @@ import torch
 
 from bench.distributed import Dist
 from bench.env import environment, git_sha
-from bench.metrics import error_metrics, frechet_gaussian, nonconv, strong_reference, swd, timed
+from bench.metrics import (PeakMemory, error_metrics, frechet_gaussian, nonconv, strong_reference,
+                           swd, timed)
 from bench.progress import Progress
 from bench.spec import NamedParams, Spec
 from bench.store import RowStore, read_rows
-from models.denoiser import CastDenoiser, TimedDenoiser
+from models.denoiser import CastDenoiser, CompiledDenoiser, TimedDenoiser
 from models.errors import UserError
 from models.guidance import class_labels, conditional_models, guided
-from models.zoo import load_model, model_entry
+from models.zoo import is_analytic, load_model, model_entry
 from solvers import Solution, get_solver, initial_noise, make_grid, make_noise
 from solvers.classical.adaptive import reference_solve
 from solvers.noise import sample_seeds
@@ -61,6 +62,7 @@ class Cell:
     dtype: str                 # the model's
     state_dtype: str           # the solver state's
     device: str
+    compile: str | None = None  # torch.compile backend of the model (None: eager)
 
     def solver_params(self) -> dict:
         params = dict(self.solver.params)
@@ -74,7 +76,7 @@ class Cell:
                 "grid_params": self.grid.params, "final": self.final, "steps": self.steps,
                 "n_samples": self.n_samples, "seed": self.seed, "noise": self.noise,
                 "guidance": self.guidance, "dtype": self.dtype, "state_dtype": self.state_dtype,
-                "device": self.device}
+                "device": self.device, "compile": self.compile}
 
     @property
     def case_id(self) -> str:
@@ -103,12 +105,20 @@ def expand_cells(spec: Spec, device: str) -> list[Cell]:
                     for noise in noises:
                         for w in spec.guidance:
                             for dtype in spec.dtype:
+                                if dtype == "native":
+                                    dtype = "float64" if is_analytic(model) else "float32"
                                 state = spec.state_dtype or (
                                     "float64" if dtype == "float64" else "float32")
                                 cells.append(Cell(model, s, grid, spec.final, steps, tol, noise,
                                                   w, spec.samples, spec.seed, dtype, state,
-                                                  device))
+                                                  device, spec.compile))
     return cells
+
+
+def _wanted(setting, model: str) -> bool:
+    """A metric switch: true, false or "analytic" (only for analytic models, whose exact
+    denoiser makes a float64 reference cheap)."""
+    return is_analytic(model) if setting == "analytic" else bool(setting)
 
 
 class Runner:
@@ -128,6 +138,7 @@ class Runner:
         self._models: dict = {}
         self._refs: dict = {}
         self._fid = None
+        self._git_sha = git_sha()      # the code this run loaded: read once, not per row
 
     # ------------------------------------------------------------------------------------------
     def _write_run_json(self) -> None:
@@ -153,9 +164,17 @@ class Runner:
         return self._models[name]
 
     def _x_init(self, den, grid, cell: Cell) -> torch.Tensor:
-        z = initial_noise(sample_seeds(cell.seed, cell.n_samples), den.data_shape)
-        x = z * float(den.schedule.sigma(grid.t_start))
-        return x.to(device=self.device, dtype=DTYPES[cell.state_dtype])
+        z = initial_noise(sample_seeds(cell.seed, cell.n_samples), den.data_shape,
+                          dtype=DTYPES[cell.state_dtype], device=self.device)
+        return z.mul_(float(den.schedule.sigma(grid.t_start)))
+
+    def _compiled(self, den, cell: Cell):
+        """``den`` under torch.compile, built once per (model, dtype, backend) so that every
+        cell of the model reuses the compiled graphs."""
+        key = ("compiled", cell.model, cell.dtype, cell.state_dtype, cell.guidance, cell.compile)
+        if key not in self._models:
+            self._models[key] = CompiledDenoiser(den, cell.compile)
+        return self._models[key]
 
     def reference(self, den, grid, cell: Cell, x_init: torch.Tensor,
                   cond: dict | None = None) -> torch.Tensor:
@@ -217,7 +236,9 @@ class Runner:
 
         Analytic mixture: Frechet distance to its exact moments (``fid``, ``fid_features =
         "data:exact-moments"``) and sliced Wasserstein distance to exact samples.  Model of the
-        digits data: FID with the shipped digits feature network (at least 128 samples).
+        digits data: FID with the shipped digits feature network (at least 128 samples), or
+        Inception with ``fid_features = "inception"``; with ``kid = true`` also KID (``kid``,
+        ``kid_std``, ``kid_protocol``) with the same features.
         Model of a 2-D toy: Frechet distance to the training-data moments and sliced Wasserstein
         distance to 10,000 fresh data samples (fixed seed)."""
         out = {}
@@ -233,13 +254,17 @@ class Runner:
                 self._refs[key] = mixture.sample(n_exact, torch.Generator().manual_seed(12345))
             out["swd"] = swd(flat, self._refs[key])
         elif dataset == "digits":
-            if x.shape[0] >= 128:
-                if self._fid is None:
-                    from bench.fid import DigitsFID
+            kid = getattr(self.spec, "kid", False)
+            if self._fid is None and (x.shape[0] >= 128 or kid):
+                from bench.fid import DigitsFID
 
-                    self._fid = DigitsFID(cache_dir=self.out / "cache")
+                self._fid = DigitsFID(cache_dir=self.out / "cache", kid=kid,
+                                      features=getattr(self.spec, "fid_features", "auto"))
+            if x.shape[0] >= 128:
                 out["fid"] = self._fid(x)
                 out["fid_features"] = self._fid.protocol
+            if kid and x.shape[0] >= 2:                      # kid, kid_std, kid_protocol
+                out.update(self._fid.kid(x))
         elif dataset is not None:
             from models.data import toy_2d
 
@@ -269,7 +294,8 @@ class Runner:
         part = self.dist.shard(cell.n_samples)
         seeds = sample_seeds(cell.seed, cell.n_samples)[part]
         local = {"status": "ok", "message": "", "x": None, "nfe": None, "fp": None, "wall": None,
-                 "model": None}
+                 "model": None, "mem": None, "mem_kind": None}
+        peak = PeakMemory(self.device)
         try:
             tden = TimedDenoiser(den)
             walls = []
@@ -293,6 +319,7 @@ class Runner:
                                 forward_passes=first.forward_passes), chunks
 
             chunks, note = 1, ""
+            peak.start()
             while True:
                 try:
                     (sol, chunks), wall, _ = timed(lambda: once(chunks), self.device, warmup,
@@ -307,6 +334,7 @@ class Runner:
                     note = (f"out of memory at batch {len(ss)}; solved in 2 chunks "
                             f"(NFE is per chunk)")
             model_s = sorted(walls[-repeats:])[len(walls[-repeats:]) // 2]
+            local["mem"], local["mem_kind"] = peak.stop()
             local.update(status=sol.status, message=sol.message or note, nfe=sol.nfe,
                          fp=sol.forward_passes, wall=wall, x=sol.x.detach().cpu(), model=model_s)
         except Exception as exc:  # recorded, and the other ranks learn of it below
@@ -326,13 +354,15 @@ class Runner:
                 return {**bad[0], "x": None}
         return {"status": "ok", "message": "", "x": torch.cat([p["x"] for p in parts]),
                 "nfe": max(p["nfe"] for p in parts), "fp": max(p["fp"] for p in parts),
-                "wall": max(p["wall"] for p in parts), "model": max(p["model"] for p in parts)}
+                "wall": max(p["wall"] for p in parts), "model": max(p["model"] for p in parts),
+                "mem": max((p["mem"] for p in parts if p["mem"] is not None), default=None),
+                "mem_kind": parts[0]["mem_kind"]}
 
     def run_cell(self, cell: Cell) -> dict:
         row = {**cell.config(), "case_id": cell.case_id, "nfe": None, "forward_passes": None,
                "status": "ok", "message": "", "fid": None, "fid_features": None, "swd": None,
                "err_rms": None, "err_max": None, "nonconv": None, "wall_s": None,
-               "time_per_sample_s": None, "peak_mem_bytes": None, "git_sha": git_sha(),
+               "time_per_sample_s": None, "peak_mem_bytes": None, "git_sha": self._git_sha,
                "torch_version": torch.__version__, "device": str(self.device)}
         try:
             den = self.model(cell.model)
@@ -348,6 +378,8 @@ class Runner:
                 cond = {"y": class_labels(sample_seeds(cell.seed, cell.n_samples),
                                           entry.num_classes)}
             run_den = den if cell.dtype == cell.state_dtype else CastDenoiser(den, DTYPES[cell.dtype])
+            if cell.compile:
+                run_den = self._compiled(run_den, cell)
             solver = get_solver(cell.solver.name, **cell.solver_params())
             row["solver_params"] = solver.params()
             grid = make_grid(cell.grid.name, den.schedule, cell.steps or 2, final=cell.final,
@@ -358,8 +390,6 @@ class Runner:
                 row.update(status="skipped", message=reason)
                 return row
             x_init = self._x_init(den, grid, cell)
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
             sol = self._sharded(solver, run_den, grid, x_init, cell, self.spec.repeats,
                                 self.spec.warmup, cond)
             wall = sol["wall"]
@@ -368,25 +398,25 @@ class Runner:
                        overhead_s=None if wall is None else max(wall - sol["model"], 0.0),
                        time_per_sample_s=None if wall is None else wall / cell.n_samples,
                        status=sol["status"], message=sol["message"])
-            if self.device.type == "cuda":
-                row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            row["peak_mem_bytes"], row["peak_mem_kind"] = sol["mem"], sol["mem_kind"]
             if sol["status"] != "ok":
                 return row
             x = sol["x"]
             sol2 = None
-            if self.spec.nonconv and cell.steps is not None:      # every rank takes part
+            if _wanted(self.spec.nonconv, cell.model) and cell.steps is not None:  # all ranks
                 grid2 = make_grid(cell.grid.name, den.schedule, 2 * cell.steps, final=cell.final,
                                   **cell.grid.params)
                 sol2 = self._sharded(solver, run_den, grid2, x_init, cell, repeats=1, warmup=0,
                                      cond=cond)
             if not self.dist.is_main:
                 return row
-            if self.spec.error and not solver.stochastic:
+            error = _wanted(self.spec.error, cell.model)
+            if error and not solver.stochastic:
                 x_ref = self.reference(den, grid, cell, x_init, cond)
                 row.update(error_metrics(x, x_ref))
                 row["reference"] = (f"dopri8 float64 rtol={self.spec.ref_rtol:g} "
                                     f"atol={self.spec.ref_atol:g}")
-            elif (self.spec.error and cell.noise == "brownian" and cell.steps is not None
+            elif (error and cell.noise == "brownian" and cell.steps is not None
                   and grid.name != "list"):
                 x_ref = self.strong_ref(solver, den, grid, cell, x_init, cond)
                 row.update(error_metrics(x, x_ref))

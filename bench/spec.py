@@ -12,10 +12,12 @@ samples = 64
 seed    = 0                       # sample i uses seed + i
 noise   = ["fresh", "brownian"]   # stochastic solvers only
 guidance = [0.0, 1.0, 3.0]        # classifier-free guidance weights (class-conditional models)
-dtype   = "float64"               # model dtype, or an axis: ["float32", "bfloat16"]
+dtype   = "float64"               # model dtype, or an axis: ["float32", "bfloat16"]; "native":
+                                  # float64 for analytic models, float32 for trained networks
 state_dtype = "float64"           # solver state (default: float64 for a float64 model, else float32)
 device  = "cpu"                   # cpu | cuda | auto
 threads = 1                       # torch intra-op threads (default: torch's choice)
+compile = false                   # torch.compile the model: true (inductor) or a backend name
 
 [reference]                       # float64 dopri8 reference for err_rms / err_max
 rtol = 1e-10
@@ -28,8 +30,11 @@ warmup = 1
 repeats = 3
 
 [metrics]
-nonconv = true                    # also solve at 2N steps (same seed): RMS(x_N - x_2N)
+nonconv = true                    # also solve at 2N steps (same seed): RMS(x_N - x_2N);
+                                  # "analytic": only for analytic models (as error)
 weak = true                       # distributional distances (Frechet / swd / FID) where defined
+kid = false                       # digits models: also KID (kid, kid_std, kid_protocol)
+fid_features = "auto"             # digits FID/KID features: "auto" (digits network) | "inception"
 ```
 Every problem raises ``UserError`` naming the field, the value and the valid choices, before any
 output is written.
@@ -48,12 +53,13 @@ from models.errors import UserError
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "mps", "auto")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
 _TOP_KEYS = {"name", "description", "models", "solvers", "grids", "steps", "tolerances", "final",
-             "samples", "seed", "noise", "guidance", "dtype", "state_dtype", "device", "threads", "reference", "timing",
-             "metrics"}
+             "samples", "seed", "noise", "guidance", "dtype", "state_dtype", "device", "threads", "compile", "reference",
+             "timing", "metrics"}
 _SUB_KEYS = {"reference": {"rtol", "atol", "sde_steps"}, "timing": {"warmup", "repeats"},
-             "metrics": {"nonconv", "error", "weak"}}
+             "metrics": {"nonconv", "error", "weak", "kid", "fid_features"}}
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,11 @@ class Spec:
     nonconv: bool = True
     error: bool = True
     weak: bool = True
+    kid: bool = False                 # KID beside FID for digits models
+    fid_features: str = "auto"        # "auto" (per-dataset network) | "inception"
     sde_ref_steps: int = 1024
     threads: int | None = None        # torch intra-op threads (None: torch's default)
+    compile: str | None = None        # torch.compile backend of the model (None: not compiled)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -202,8 +211,8 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
         guidance = [float(w) for w in guidance]
     dtype = _list(raw, "dtype", ["float32"])
     for d in dtype:
-        if d not in DTYPES:
-            raise UserError("dtype", d, DTYPES)
+        if d not in DTYPES + ("native",):
+            raise UserError("dtype", d, DTYPES + ("native",))
     state_dtype = raw.get("state_dtype")
     if state_dtype is not None and state_dtype not in ("float32", "float64"):
         raise UserError("state_dtype", state_dtype, ["float32", "float64"])
@@ -222,12 +231,26 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
         v = ref.get(key, 1e-10)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e-3:
             raise UserError(f"reference.{key}", v, hint="a number in (0, 1e-3)")
-    for key in ("nonconv", "error", "weak"):
+    for key in ("weak", "kid"):
         if not isinstance(metrics.get(key, True), bool):
             raise UserError(f"metrics.{key}", metrics[key], ["true", "false"])
+    for key in ("nonconv", "error"):          # "analytic": only for exact (analytic) denoisers
+        if not (isinstance(metrics.get(key, True), bool) or metrics[key] == "analytic"):
+            raise UserError(f"metrics.{key}", metrics[key], ["true", "false", "analytic"])
+    from bench.fid import FID_FEATURES, inception_weights
+
+    fid_features = metrics.get("fid_features", "auto")
+    if fid_features not in FID_FEATURES:
+        raise UserError("metrics.fid_features", fid_features, FID_FEATURES)
+    if fid_features == "inception" and any(getattr(d, "dataset", None) == "digits"
+                                           for d in denoisers.values()):
+        inception_weights()                                 # a clear error before any output
+    if metrics.get("kid", False) and not metrics.get("weak", True):
+        raise UserError("metrics.kid", True, hint="KID is a weak metric: it needs weak = true")
     threads = raw.get("threads")
     if threads is not None:
         _int("threads", threads, 1)
+    compile_ = parse_compile(raw.get("compile", False))
     desc = raw.get("description", "")
     if not isinstance(desc, str):
         raise UserError("description", desc, hint="a string")
@@ -240,9 +263,21 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
         warmup=_int("timing.warmup", timing.get("warmup", 1), 0),
         repeats=_int("timing.repeats", timing.get("repeats", 3), 1),
         nonconv=metrics.get("nonconv", True), error=metrics.get("error", True), threads=threads,
-        weak=metrics.get("weak", True),
+        weak=metrics.get("weak", True), kid=metrics.get("kid", False), fid_features=fid_features,
         sde_ref_steps=_int("reference.sde_steps", ref.get("sde_steps", 1024), 2),
+        compile=compile_,
     )
+
+
+def parse_compile(value, field_name: str = "compile") -> str | None:
+    """``compile``: false (not compiled), true (inductor) or a torch.compile backend name."""
+    if value is True or value == "true":
+        return "inductor"
+    if value is False or value is None or value == "false":
+        return None
+    if value not in COMPILE_BACKENDS:
+        raise UserError(field_name, value, ["true", "false", *COMPILE_BACKENDS])
+    return value
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -12,8 +12,10 @@ ROW_KEYS = (
     "case_id", "model", "solver", "solver_params", "grid", "grid_params", "final", "steps", "nfe",
     "forward_passes", "n_samples", "seed", "guidance", "noise", "device", "dtype", "state_dtype",
     "status",
-    "message", "reference", "err_rms", "err_max", "fid", "fid_features", "swd", "nonconv", "wall_s",
-    "model_s", "overhead_s", "time_per_sample_s", "peak_mem_bytes", "git_sha", "torch_version",
+    "message", "reference", "err_rms", "err_max", "fid", "fid_features", "kid", "kid_std", "kid_protocol",
+    "swd", "nonconv", "wall_s",
+    "model_s", "overhead_s", "time_per_sample_s", "peak_mem_bytes", "peak_mem_kind", "compile", "git_sha",
+    "torch_version",
 )
 
 

@@ -43,6 +43,15 @@ def model_entry(name: str) -> ModelEntry | None:
     return _MODELS.get(name)
 
 
+def is_analytic(spec: str) -> bool:
+    """Whether model ``spec`` has a closed-form denoiser (a mixture, the empirical digits
+    denoiser, a ``gmm:`` file) rather than a trained network."""
+    if isinstance(spec, str) and spec.startswith("gmm:"):
+        return True
+    entry = _MODELS.get(spec)
+    return bool(entry and entry.analytic)
+
+
 def available_models() -> list[str]:
     return sorted(_MODELS)
 

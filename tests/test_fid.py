@@ -83,3 +83,165 @@ def test_train_digits_features_reproduces_the_card(tmp_path):
     shipped = json.loads((CHECKPOINTS / "digits-features.json").read_text())
     assert new["test_accuracy"] == pytest.approx(shipped["test_accuracy"], abs=0.01)
     assert main(["train", "nope"]) == 2
+
+
+# --- KID (spec [metrics] kid = true) -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def kid(tmp_path_factory):
+    return DigitsFID(cache_dir=tmp_path_factory.mktemp("kidcache"), kid=True)
+
+
+def _train_subset(n=512):
+    x, _ = digits_data()
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    return x.reshape(-1, 1, 8, 8)[idx]
+
+
+def test_kid_of_reference_digits_is_near_zero_and_grows_with_perturbation(kid):
+    x = _train_subset()
+    own = kid.kid(x)
+    g = torch.Generator().manual_seed(1)
+    noisy = [kid.kid(x + s * torch.randn(x.shape, generator=g, dtype=x.dtype))["kid"]
+             for s in (1.0, 2.0)]
+    assert abs(own["kid"]) < 0.01                     # measured 1.4e-3 (std over subsets 6.6e-3)
+    assert 0 < own["kid_std"] < 0.02
+    assert 0.03 < noisy[0] < noisy[1]                 # measured 0.067 and 0.34
+    assert noisy[0] > 5 * abs(own["kid"])
+    # a different distribution: the digits 0-4 only, against all ten classes
+    x0, y0 = digits_data()
+    other = kid.kid(x0[y0 < 5][:512].reshape(-1, 1, 8, 8))["kid"]
+    assert other > 0.05                               # measured 0.13
+
+
+def test_kid_is_seeded_and_leaves_the_global_rng_alone(kid):
+    x = _train_subset(300)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a, b = kid.kid(x), kid.kid(x)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert a == b
+    assert a["kid_protocol"] == (f"{kid.protocol}/{kid.kid_kernel},subsets=100,subset_size=300,"
+                                 "seed=0")
+    assert a["kid_protocol"].startswith("digits-features@")
+
+
+def test_kid_subset_size_is_min_1000_n(kid, monkeypatch):
+    monkeypatch.setattr(kid.kid_metric, "subsets", 2)          # keep the test fast
+    x, _ = digits_data()
+    x = x.reshape(-1, 1, 8, 8)
+    assert "subsets=2,subset_size=1000," in kid.kid(x[:1200])["kid_protocol"]
+    assert "subset_size=40," in kid.kid(x[:40])["kid_protocol"]
+    with pytest.raises(UserError, match="at least 2 samples"):
+        kid.kid(x[:1])
+
+
+def test_kid_reference_features_are_cached(tmp_path):
+    a = DigitsFID(cache_dir=tmp_path, kid=True)
+    assert (tmp_path / f"kidref-{a.ref_hash}.safetensors").exists()
+    b = DigitsFID(cache_dir=tmp_path, kid=True)                # loads the cached features
+    assert torch.equal(a.real_features(), b.real_features())
+    assert a.real_features().shape == (1797, 64)
+
+
+# --- Inception features (spec [metrics] fid_features = "inception") ----------------------------
+
+class _StubInception(torch.nn.Module):
+    """Stands in for torchmetrics' NoTrainInceptionV3: records what it is fed."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x)
+        return x.float().mean((2, 3))[:, :1].repeat(1, 2048)
+
+
+def test_inception_input_is_299x299_rgb_uint8_in_batches():
+    from bench.fid import InceptionFeatures
+
+    stub = _StubInception()
+    feats = InceptionFeatures(net=stub, batch=64)
+    x, _ = digits_data()
+    u = to_unit(x[:100])
+    out = feats(u)
+    assert out.shape == (100, 2048)
+    assert [s.shape[0] for s in stub.seen] == [64, 36]
+    first = stub.seen[0]
+    assert first.dtype == torch.uint8 and first.shape[1:] == (3, 299, 299)
+    assert torch.equal(first[:, 0], first[:, 1]) and torch.equal(first[:, 0], first[:, 2])
+    # bilinear upsampling keeps the corner pixels; values are [0, 1] * 255
+    assert torch.equal(first[:, 0, 0, 0], (u[:64, 0, 0, 0] * 255).round().to(torch.uint8))
+    assert torch.equal(first[:, 0, -1, -1], (u[:64, 0, -1, -1] * 255).round().to(torch.uint8))
+
+
+def _inception_available() -> bool:
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    from bench.fid import INCEPTION_ENV
+
+    path = os.environ.get(INCEPTION_ENV)
+    return bool(path) and Path(path).is_file() and \
+        importlib.util.find_spec("torch_fidelity") is not None
+
+
+def test_inception_without_weights_is_a_clear_error(tmp_path, monkeypatch):
+    from bench.fid import INCEPTION_ENV, inception_weights
+
+    monkeypatch.setenv(INCEPTION_ENV, str(tmp_path / "absent.pth"))
+    with pytest.raises(UserError) as exc:
+        inception_weights()
+    msg = str(exc.value)
+    assert "fid_features" in msg and INCEPTION_ENV in msg and "absent.pth" in msg
+    assert "https://github.com/toshas/torch-fidelity/releases/" in msg
+    with pytest.raises(UserError, match=INCEPTION_ENV):
+        DigitsFID(features="inception")
+    with pytest.raises(UserError, match="fid_features"):
+        DigitsFID(features="vgg")
+
+
+def test_inception_spec_without_weights_exits_2_before_writing(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.fid import INCEPTION_ENV
+
+    spec = tmp_path / "inc.toml"
+    spec.write_text('models = ["digits-rf"]\nsolvers = ["euler"]\nsteps = [2]\nsamples = 128\n'
+                    '[metrics]\nfid_features = "inception"\n')
+    env = {k: v for k, v in os.environ.items() if k != INCEPTION_ENV}
+    env["HF_HUB_OFFLINE"] = "1"
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "bench", "run", str(spec), "--out",
+                        str(tmp_path / "out"), "--quiet"], capture_output=True, text=True,
+                       env=env, cwd=root, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "fid_features" in r.stderr and INCEPTION_ENV in r.stderr
+    assert "not set" in r.stderr
+    assert not (tmp_path / "out").exists()
+    # an unknown feature name is refused too, with the valid choices
+    spec.write_text('models = ["digits-rf"]\nsolvers = ["euler"]\nsteps = [2]\n'
+                    '[metrics]\nfid_features = "vgg"\n')
+    r = subprocess.run([sys.executable, "-m", "bench", "run", str(spec), "--out",
+                        str(tmp_path / "out"), "--quiet"], capture_output=True, text=True,
+                       env=env, cwd=root, timeout=300)
+    assert r.returncode == 2 and "metrics.fid_features" in r.stderr and "auto" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _inception_available(), reason="Inception FID needs torch_fidelity and "
+                    "its weights file named by $SAMPLERBENCH_INCEPTION_WEIGHTS (never downloaded)")
+def test_inception_fid_positive_path(tmp_path):
+    f = DigitsFID(cache_dir=tmp_path, features="inception")
+    assert f.protocol.startswith("inception-v3-compat@")
+    x = _train_subset(256)
+    g = torch.Generator().manual_seed(0)
+    clean = f(x)
+    noisy = f(x + 1.0 * torch.randn(x.shape, generator=g, dtype=x.dtype))
+    assert 0 <= clean < noisy

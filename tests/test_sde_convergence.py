@@ -107,12 +107,14 @@ def mixture_2d():
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_weak_error_falls_with_steps(name, mixture_2d):
     """Frechet distance to the mixture's exact moments and sliced W2 to exact samples, 2000
-    samples on one Brownian path each: both fall from 8 to 64 steps."""
+    samples on one Brownian path each: both fall from 4 to 64 steps.  (From 8 steps the
+    two-stage dpmpp_sde is already within 1.5x of the sliced-W2 sampling floor of 2000 samples,
+    0.05-0.09 between independent exact sample sets.)"""
     den, exact = mixture_2d
     mean, cov = den.mixture.mean(), den.mixture.covariance()
     seeds = sample_seeds(0, 2000)
     fd, sw = [], []
-    for steps in (8, 64):
+    for steps in (4, 64):
         x = _solve(name, den, steps, "brownian", seeds)
         assert torch.isfinite(x).all()
         fd.append(frechet_gaussian(x, mean, cov))

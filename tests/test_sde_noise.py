@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from solvers import make_grid, make_noise
-from solvers.noise import (BrownianNoise, CounterNormals, FreshNoise, _box_muller, _i64, _mix64_,
+from solvers.noise import (BrownianNoise, CounterNormals, FreshNoise, _normals, _i64, _mix64_,
                            mix64, sample_seeds)
 from solvers.sde.torchsde_methods import noise_brownian
 from models.zoo import load_model
@@ -24,11 +24,15 @@ def test_mix64_matches_python_reference():
     assert mix64(0x9E3779B97F4A7C15) == 0xE220A8397B1DCDAF
 
 
-def test_box_muller_is_finite_at_every_extreme_bit_pattern():
+def test_normals_are_finite_and_symmetric_at_every_extreme_bit_pattern():
     halves = [0, 1, 0x7F, 0x80, 0xFF, 0x7FFFFFFF, 0x80000000, 0x80000001, 0xFFFFFF00, 0xFFFFFFFF]
     words = [_i64((hi << 32) | lo) for hi in halves for lo in halves]
-    z = _box_muller(torch.tensor(words, dtype=torch.int64))
-    assert torch.isfinite(z).all() and float(z.abs().max()) < 5.9
+    z = _normals(torch.tensor(words, dtype=torch.int64))
+    assert z.shape == (2 * len(words),)
+    assert torch.isfinite(z).all() and 5.0 < float(z.abs().max()) < 5.5
+    # bit patterns v and ~v (= -v - 1) give exactly opposite normals
+    v = torch.tensor([_i64(w) for w in (0x0123456789ABCDEF, 0x7FFFFFFF00000000)], dtype=torch.int64)
+    torch.testing.assert_close(_normals(v), -_normals(torch.bitwise_not(v)), rtol=0, atol=0)
 
 
 def test_counter_normals_are_standard_normal():
