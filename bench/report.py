@@ -168,6 +168,34 @@ def best_per_budget(df: pd.DataFrame, metric: str = "err_rms") -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
+HEADLINE_BUDGETS = (10, 40)
+
+
+def headline_table(df: pd.DataFrame, budgets=HEADLINE_BUDGETS) -> pd.DataFrame:
+    """Solvers x (model, NFE budget): the lowest FID a solver reaches within the budget, with its
+    NFE, over the models whose FID uses a learned feature network (e.g. the digits models), each
+    column ranked within itself.  Rows are ordered by the first column."""
+    ok = df[(df["status"] == "ok") & df["fid"].notna() & df["nfe"].notna() &
+            df["fid_features"].fillna("data:").map(lambda f: not str(f).startswith("data:"))]
+    cols = {}
+    for model, g in ok.groupby("model", sort=False):
+        for b in budgets:
+            within = g[g["nfe"] <= b]
+            best = within.sort_values("fid").drop_duplicates("label")
+            ranks = {lab: i + 1 for i, lab in enumerate(best["label"])}
+            cols[f"{model} ≤ {b} NFE"] = {
+                r["label"]: (r["fid"], f"{r['fid']:.1f} ({int(r['nfe'])}) #{ranks[r['label']]}")
+                for _, r in best.iterrows()}
+    if not cols:
+        return pd.DataFrame()
+    first = next(iter(cols.values()))
+    labels = sorted({lab for c in cols.values() for lab in c},
+                    key=lambda lab: first[lab][0] if lab in first else math.inf)
+    table = pd.DataFrame({c: {lab: v[lab][1] if lab in v else "—" for lab in labels}
+                          for c, v in cols.items()})
+    return table.loc[labels]
+
+
 def _md(table: pd.DataFrame, index: bool = True) -> str:
     if table.empty:
         return "_no rows_\n"
@@ -337,6 +365,18 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
            "- `err` = RMS over dimensions of (x − x_ref), mean over samples; NFE (counted) in "
            "parentheses. `nonconv` = RMS(x_N − x_2N) with the same seed.", ""]
     html_parts, tex_parts = [], []
+    head = headline_table(df)
+    if not head.empty:
+        feats = sorted(set(df.loc[df["fid"].notna(), "fid_features"].dropna())
+                       - {f for f in df["fid_features"].dropna() if str(f).startswith("data:")})
+        intro = (f"## Headline: lowest FID within an NFE budget\n\nFID (NFE) #rank in the "
+                 f"column; features {', '.join(feats)}. A solver's best cell with at most that many "
+                 f"model calls; lower is better.\n")
+        md += [intro, _md(head)]
+        (out / "headline.md").write_text(intro + "\n" + _md(head))
+        html_parts.append("<h2>Headline: lowest FID within an NFE budget</h2>"
+                          + head.to_html(na_rep="—", escape=True))
+        tex_parts.append(_latex(head, "Lowest FID within an NFE budget (NFE, rank)"))
     for (model, grid), g in df.groupby(["model", "grid_label"], sort=False):
         title = f"{model} — grid {grid}"
         md += [f"## {title}", ""]

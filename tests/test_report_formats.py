@@ -114,3 +114,29 @@ def test_kid_needs_weak_metrics(tmp_path):
                     '[metrics]\nkid = "yes"\n')
     assert main(["run", str(spec), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_headline_table_ranks_the_best_fid_within_each_budget():
+    import pandas as pd
+
+    from bench.report import headline_table
+
+    def row(solver, nfe, fid, model="digits-vp", feats="digits-features@x", status="ok"):
+        return {"model": model, "label": solver, "nfe": nfe, "fid": fid, "status": status,
+                "fid_features": feats}
+
+    df = pd.DataFrame([
+        row("euler", 8, 40.0), row("euler", 16, 20.0), row("euler", 32, 11.0),
+        row("dpmpp_2m", 8, 12.0), row("dpmpp_2m", 16, 9.0), row("dpmpp_2m", 64, 8.0),
+        row("heun", 7, 90.0), row("heun", 31, 10.0), row("heun", 9, 1.0, status="diverged"),
+        row("euler", 8, 0.1, model="gmm64", feats="data:exact-moments"),   # not a learned FID
+    ])
+    t = headline_table(df, budgets=(10, 40))
+    assert list(t.columns) == ["digits-vp ≤ 10 NFE", "digits-vp ≤ 40 NFE"]
+    assert list(t.index) == ["dpmpp_2m", "euler", "heun"]          # by the first column
+    assert t.loc["dpmpp_2m", "digits-vp ≤ 10 NFE"] == "12.0 (8) #1"
+    assert t.loc["heun", "digits-vp ≤ 10 NFE"] == "90.0 (7) #3"      # the diverged cell is out
+    assert t.loc["dpmpp_2m", "digits-vp ≤ 40 NFE"] == "9.0 (16) #1"
+    assert t.loc["heun", "digits-vp ≤ 40 NFE"] == "10.0 (31) #2"
+    assert t.loc["euler", "digits-vp ≤ 40 NFE"] == "11.0 (32) #3"
+    assert headline_table(df[df["model"] == "gmm64"]).empty
