@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.samplerbench-installed
 
-.PHONY: venv bench test perf clean
+.PHONY: venv bench test perf full headline clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,19 @@ test: $(STAMP)
 
 perf: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-only -o python_files="bench_*.py" --benchmark-columns=median,iqr,rounds
+
+# The larger published matrix (about 40 min on 2 cores; resumable), its report, and the README's
+# headline table spliced from results/full/report/headline.md.
+full: $(STAMP)
+	$(BIN)/torchrun --standalone --nproc_per_node=2 -m bench run bench/matrices/full.toml --out results/full
+	$(BIN)/samplerbench report results/full --format md,csv,html,latex,parquet
+	$(MAKE) headline
+
+headline:
+	$(BIN)/python -c "import re, pathlib; r = pathlib.Path('README.md'); \
+	t = pathlib.Path('results/full/report/headline.md').read_text().split('\n', 3)[3].strip(); \
+	r.write_text(re.sub(r'(<!-- headline:start -->\n).*?(<!-- headline:end -->)', \
+	lambda m: m.group(1) + t + '\n' + m.group(2), r.read_text(), flags=re.S))"
 
 clean:
 	rm -rf $(VENV) build *.egg-info
