@@ -63,7 +63,8 @@ def load_frame(run_dir: str | Path) -> pd.DataFrame:
     if "guidance" in df and df["guidance"].notna().any():        # a guidance axis
         df["label"] = df["label"] + df["guidance"].map(
             lambda w: "" if w is None or pd.isna(w) else f" w={w:g}")
-    if "dtype" in df and df["dtype"].nunique() > 1:              # a dtype axis
+    if "dtype" in df and df.groupby("model")["dtype"].nunique().max() > 1:   # a dtype axis
+        # (not dtype = "native", where each model has one dtype of its own)
         df["label"] = df["label"] + " " + df["dtype"].astype(str)
     df["grid_label"] = [g + (json.dumps(p, sort_keys=True) if p and any(
         k != "rho" or v != 7.0 for k, v in p.items()) else "")
