@@ -228,8 +228,10 @@ class DigitsFID:
             raise UserError("fid_features", features, FID_FEATURES)
         self.min_samples = min_samples
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        # sync_on_compute=False: under torchrun the runner gathers the samples and rank 0 alone
+        # computes the metrics (a sync would wait forever for the other ranks)
         self.metric = FrechetInceptionDistance(feature=self.net, normalize=True,
-                                               reset_real_features=False)
+                                               reset_real_features=False, sync_on_compute=False)
         real, _ = _digits01()
         self.ref_hash = hashlib.sha256(real.numpy().tobytes() + self.weights_hash.encode()
                                        ).hexdigest()[:12]
@@ -269,7 +271,8 @@ class DigitsFID:
                 warnings.simplefilter("ignore", UserWarning)
                 self.kid_metric = KernelInceptionDistance(
                     feature=self.net, subsets=KID_SUBSETS, subset_size=KID_MAX_SUBSET,
-                    gamma=gamma, reset_real_features=False, normalize=True)
+                    gamma=gamma, reset_real_features=False, normalize=True,
+                    sync_on_compute=False)
             self.kid_metric.real_features.append(real)
 
     @property

@@ -63,3 +63,37 @@ def test_torchrun_two_processes_match_one(tmp_path):
     # rank 0 alone wrote the files
     assert (tmp_path / "two" / "run.json").exists()
     assert len((tmp_path / "two" / "rows.jsonl").read_text().splitlines()) == 12
+
+
+def test_torchrun_digits_fid_and_kid_match_one_process(tmp_path):
+    """FID / KID of a digits model under torchrun: rank 0 computes them on the gathered samples
+    (no collective inside torchmetrics, which would wait forever for the other rank)."""
+    spec = tmp_path / "f.toml"
+    spec.write_text(textwrap.dedent("""
+        name = "distfid"
+        models = ["digits-ideal"]
+        solvers = ["dpmpp_2m"]
+        steps = [4]
+        samples = 128
+        threads = 1
+        [metrics]
+        error = false
+        nonconv = false
+        kid = true
+        [timing]
+        warmup = 0
+        repeats = 1
+    """))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    runs = {}
+    for name, cmd in (("one", [sys.executable, "-m", "bench"]),
+                      ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc_per_node=2", "-m", "bench"])):
+        p = subprocess.run(cmd + ["run", str(spec), "--out", str(tmp_path / name), "--quiet"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        runs[name] = next(iter(_rows(tmp_path / name).values()))
+    one, two = runs["one"], runs["two"]
+    assert one["status"] == two["status"] == "ok" and one["fid"] > 0
+    assert two["fid"] == pytest.approx(one["fid"], rel=1e-4)
+    assert two["kid"] == pytest.approx(one["kid"], rel=1e-3, abs=1e-6)
