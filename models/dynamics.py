@@ -27,6 +27,7 @@ class _Dynamics(torch.nn.Module):
         self.cond = dict(cond or {})
         self._coef: dict[float, tuple[float, float, float, float]] = {}
         self._tvec: dict = {}
+        self._vel: dict[float, tuple[float, float]] = {}
 
     @property
     def nfe(self) -> int:
@@ -56,12 +57,25 @@ class _Dynamics(torch.nn.Module):
         # the counting wrapper is ours and has no hooks: call its forward directly
         return self.denoiser.forward(x, tv, **self.cond)
 
-    def coefficients(self, t, x: Tensor):
-        """alpha, sigma, alpha', sigma' at t, broadcast against x (no model call).
+    def prime(self, times) -> None:
+        """Compute alpha, sigma, alpha', sigma' at every time in ``times`` in one vectorised float64
+        call and cache them, so that the per-step look-ups of a solve cost no tensor work.
+        Fixed-step solvers call this once per solve with the grid (and their stage times)."""
+        cache = self._coef
+        new = sorted({float(t) for t in times} - cache.keys())
+        if not new:
+            return
+        if len(cache) + len(new) > 4096:
+            cache.clear()
+            self._vel.clear()
+        cs = self.schedule.coefficients(torch.tensor(new, dtype=torch.float64))
+        for t, a, s, da, ds in zip(new, *(c.tolist() for c in cs)):
+            cache[t] = (a, s, da, ds)
 
-        For one time for the whole batch (the solvers' case) they are Python floats, computed
-        in float64 once per time value and cached: the hot loop pays no per-sample work."""
-        if isinstance(t, (float, int)) or (isinstance(t, Tensor) and t.ndim == 0):
+    def scalars(self, t: float) -> tuple[float, float, float, float]:
+        """alpha, sigma, alpha', sigma' at a scalar time as Python floats (float64, cached)."""
+        c = self._coef.get(t)
+        if c is None:
             key = float(t)
             c = self._coef.get(key)
             if c is None:
@@ -69,19 +83,44 @@ class _Dynamics(torch.nn.Module):
                     torch.tensor(key, dtype=torch.float64)))
                 if len(self._coef) > 4096:
                     self._coef.clear()
+                    self._vel.clear()
                 self._coef[key] = c
-            return c
+        return c
+
+    def coefficients(self, t, x: Tensor):
+        """alpha, sigma, alpha', sigma' at t, broadcast against x (no model call).
+
+        For one time for the whole batch (the solvers' case) they are Python floats, computed
+        in float64 once per time value and cached: the hot loop pays no per-sample work."""
+        if isinstance(t, (float, int)) or (isinstance(t, Tensor) and t.ndim == 0):
+            return self.scalars(float(t))
         return tuple(expand_like(c, x) for c in self.schedule.coefficients(self._t(t, x)))
 
     def x0_eps(self, t, x: Tensor) -> tuple[Tensor, Tensor]:
         """(x0_hat, eps_hat) at t; 1 NFE."""
         x0 = self.denoise(t, x)
         a, s, _, _ = self.coefficients(t, x)
+        if isinstance(a, float):
+            # (x - alpha x0) / sigma in two passes over the state
+            return x0, torch.add(x, x0, alpha=-a).div_(s)
         return x0, eps_from_x0(x, x0, a, s)
+
+    def velocity_coefficients(self, t: float) -> tuple[float, float]:
+        """(c_x, c_x0) with velocity = c_x x + c_x0 x0_hat at a scalar time:
+        alpha' x0 + sigma' (x - alpha x0) / sigma = (sigma'/sigma) x + (alpha' - sigma' alpha/sigma) x0."""
+        c = self._vel.get(t)
+        if c is None:
+            a, s, da, ds = self.scalars(t)
+            c = self._vel[t] = (ds / s, da - ds * a / s)
+        return c
 
     def velocity(self, t, x: Tensor) -> Tensor:
         """PF-ODE right-hand side dx/dt; 1 NFE."""
         x0 = self.denoise(t, x)
+        if isinstance(t, (float, int)):
+            cx, c0 = self.velocity_coefficients(float(t))
+            # alpha' x0_hat + sigma' eps_hat as one linear combination: two passes over the state
+            return torch.mul(x, cx).add_(x0, alpha=c0)
         a, s, da, ds = self.coefficients(t, x)
         return velocity_from_x0_eps(x0, eps_from_x0(x, x0, a, s), da, ds)
 

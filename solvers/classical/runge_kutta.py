@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
+
+import torch
 
 from solvers.base import Solver
 from solvers.registry import register_solver
@@ -16,21 +19,50 @@ class RungeKutta(Solver):
 
     tableau: ClassVar[ButcherTableau]
 
+    def init_state(self, dynamics, x, grid):
+        # schedule scalars at every stage time of the solve, in one vectorised call
+        ts = grid.t.tolist()
+        times = list(ts)
+        for t0, t1 in zip(ts[:-1], ts[1:]):
+            if t1 != 0.0:
+                h = t1 - t0
+                times.extend(t1 if c == 1.0 else t0 + c * h for c in self.tableau.c)
+        dynamics.prime(times)
+        return None
+
     def step(self, dynamics, t0, t1, x, state, noise):
         tab = self.tableau
         h = t1 - t0
-        ks = []
-        for c, row in zip(tab.c, tab.a):
+        last = _last_use(tab)
+        ks: list = []
+        out = x
+        for i, (c, row, b) in enumerate(zip(tab.c, tab.a, tab.b)):
+            # x + sum_j (h a_j) k_j: one fused multiply-add pass per nonzero coefficient
             xi = x
             for a, k in zip(row, ks):
                 if a != 0.0:
-                    xi = xi + (h * a) * k
+                    xi = torch.add(x, k, alpha=h * a) if xi is x else xi.add_(k, alpha=h * a)
             # the c = 1 stage is at t1 exactly: t0 + h rounds below t_min when t0 >> t1
-            ks.append(dynamics.velocity(t1 if c == 1.0 else t0 + c * h, xi))
-        for b, k in zip(tab.b, ks):
+            k = dynamics.velocity(t1 if c == 1.0 else t0 + c * h, xi)
+            del xi
+            # the result x + sum_i (h b_i) k_i is accumulated as the stages come (same order of
+            # additions), and each k_i is dropped after its last use: fewer live state-sized
+            # tensors per step
             if b != 0.0:
-                x = x + (h * b) * k
-        return x, state
+                out = torch.add(x, k, alpha=h * b) if out is x else out.add_(k, alpha=h * b)
+            ks.append(k if last[i] > i else None)
+            for j in range(i):
+                if last[j] == i:
+                    ks[j] = None
+        return out, state
+
+
+@functools.lru_cache(maxsize=None)
+def _last_use(tab: ButcherTableau) -> tuple[int, ...]:
+    """For each stage j, the last stage i > j whose input uses k_j (j itself if none)."""
+    n = len(tab.c)
+    return tuple(max([j] + [i for i in range(j + 1, n)
+                            if j < len(tab.a[i]) and tab.a[i][j] != 0.0]) for j in range(n))
 
 
 def _rk(tableau: ButcherTableau, reference: str, doc: str):

@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from solvers.base import Solver
+from solvers.diffusion.fused import lincomb, prime
 from solvers.registry import register_solver
+
+
+def ddim_update(dynamics, t0: float, t1: float, x, x0):
+    """alpha_1 x0_hat + sigma_1 eps_hat with eps_hat = (x - alpha_0 x0_hat) / sigma_0, as the one
+    linear combination (sigma_1/sigma_0) x + (alpha_1 - alpha_0 sigma_1/sigma_0) x0_hat (two passes
+    over the state; finite from alpha_0 = 0)."""
+    a0, s0, _, _ = dynamics.scalars(t0)
+    a1, s1, _, _ = dynamics.scalars(t1)
+    c = s1 / s0
+    return lincomb((c, x), (a1 - a0 * c, x0))
 
 
 @register_solver
@@ -23,7 +34,9 @@ class DDIM(Solver):
     stages = 1
     reference = "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models"
 
+    def init_state(self, dynamics, x, grid):
+        prime(dynamics, grid)
+        return None
+
     def step(self, dynamics, t0, t1, x, state, noise):
-        x0, eps = dynamics.x0_eps(t0, x)
-        a1, s1, _, _ = dynamics.coefficients(t1, x)
-        return a1 * x0 + s1 * eps, state
+        return ddim_update(dynamics, t0, t1, x, dynamics.denoise(t0, x)), state

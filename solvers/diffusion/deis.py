@@ -15,8 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from solvers.base import Solver
-from solvers.diffusion.dpm_solver import coeffs, lam
+from solvers.diffusion import fused
+from solvers.diffusion.fused import lincomb, prime
 from solvers.diffusion.lagrange import basis_integrals
 from solvers.registry import register_solver
 
@@ -60,14 +63,17 @@ class DEIS(Solver):
         object.__setattr__(self, "order", float(self.solver_order))
 
     def init_state(self, dynamics, x, grid):
-        # hist: (log rho, eps_hat) of earlier grid points, newest first
+        prime(dynamics, grid)
+        # hist: (log rho, sigma eps_hat) of earlier grid points, newest first; eps_hat is stored
+        # times its sigma (x - alpha x0_hat: one pass over the state) and the 1/sigma goes into
+        # the weights
         return {"i": 0, "n": grid.steps, "hist": ()}
 
     def step(self, dynamics, t0, t1, x, state, noise):
-        sched = dynamics.schedule
-        x0, eps = dynamics.x0_eps(t0, x)
-        a1, s1 = coeffs(sched, t1)
-        u0, u1 = -lam(sched, t0), -lam(sched, t1)
+        x0 = dynamics.denoise(t0, x)
+        a0, s0, _, _ = dynamics.scalars(t0)
+        a1, s1, _, _ = dynamics.scalars(t1)
+        u0, u1 = -fused.lam(dynamics, t0), -fused.lam(dynamics, t1)
         i, n = state["i"], state["n"]
         order = min(self.solver_order, i + 1)
         if self.lower_order_final and n < 15:
@@ -75,13 +81,18 @@ class DEIS(Solver):
                 order = 1
             elif i == n - 2:
                 order = min(order, 2)
-        x_new = a1 * x0 + s1 * eps
-        pts = [(u, e) for (u, e) in state["hist"][: order - 1] if math.isfinite(u)]
+        e0 = torch.add(x, x0, alpha=-a0)            # sigma_0 eps_0
+        # x_new = alpha_1 x0 + sigma_1 eps_0 + sum_j (sigma_1 w_j)(eps_j - eps_0)
+        pts = [(u, e, s) for (u, e, s) in state["hist"][: order - 1] if math.isfinite(u)]
+        terms = []
+        c_eps = s1
         if pts and math.isfinite(u0):
             # in v = log rho - log rho_1: d rho = rho_1 e^v dv, and alpha_1 rho_1 = sigma_1
-            nodes = [u0 - u1] + [u - u1 for u, _ in pts]
+            nodes = [u0 - u1] + [u - u1 for u, _, _ in pts]
             w = basis_integrals(nodes, u0 - u1, 0.0, exp_weight=True)
-            for wj, (_, ej) in zip(w[1:], pts):
-                x_new = x_new + (s1 * wj) * (ej - eps)
-        hist = ((u0, eps),) + state["hist"][: max(self.solver_order - 2, 0)]
+            for wj, (_, ej, sj) in zip(w[1:], pts):
+                c_eps -= s1 * wj
+                terms.append(((s1 * wj) / sj, ej))
+        x_new = lincomb((a1, x0), (c_eps / s0, e0), *terms)
+        hist = ((u0, e0, s0),) + state["hist"][: max(self.solver_order - 2, 0)]
         return x_new, {**state, "i": i + 1, "hist": hist}

@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from solvers.base import Solver
+from solvers.diffusion import fused
+from solvers.diffusion.fused import lincomb, prime
 from solvers.registry import register_solver
 
 
@@ -32,17 +36,40 @@ class DPM2(Solver):
     reference = ("Crowson, k-diffusion sample_dpm_2; Lu et al. 2022 (DPM-Solver-2); "
                  "Karras et al. 2022 (Alg. 2)")
 
-    def step(self, dynamics, t0, t1, x, state, noise):
-        sched = dynamics.schedule
-        x0, eps0 = dynamics.x0_eps(t0, x)
-        r0, r1 = float(sched.ratio(t0)), float(sched.ratio(t1))
-        a1 = float(sched.alpha(t1))
-        if math.isinf(r0):
-            return a1 * (x0 + r1 * eps0), state
+    def _mid(self, dynamics, t0, t1):
+        """(sigmabar_mid, t_mid) of a step with finite sigmabar_0."""
+        r0, r1 = fused.ratio(dynamics, t0), fused.ratio(dynamics, t1)
         log0, log1 = math.log(r0), math.log(r1)
-        r_mid = math.exp(log0 + 0.5 * (log1 - log0))
-        t_mid = float(sched.t_from_ratio(r_mid))
-        x_mid = float(sched.alpha(t_mid)) * (x0 + r_mid * eps0)
-        _, eps_mid = dynamics.x0_eps(t_mid, x_mid)
-        xbar0 = x / float(sched.alpha(t0))
-        return a1 * (xbar0 + (r1 - r0) * eps_mid), state
+        return math.exp(log0 + 0.5 * (log1 - log0))
+
+    def init_state(self, dynamics, x, grid):
+        ts = prime(dynamics, grid)
+        mids = [self._mid(dynamics, t0, t1) for t0, t1 in zip(ts[:-1], ts[1:])
+                if t1 != 0.0 and not math.isinf(fused.ratio(dynamics, t0))]
+        t_mids = (dynamics.schedule.t_from_ratio(torch.tensor(mids, dtype=torch.float64)).tolist()
+                  if mids else [])
+        dynamics.prime(t_mids)
+        return {"t_mid": dict(zip(mids, t_mids))}
+
+    def step(self, dynamics, t0, t1, x, state, noise):
+        x0 = dynamics.denoise(t0, x)
+        a0, s0, _, _ = dynamics.scalars(t0)
+        a1 = dynamics.scalars(t1)[0]
+        r0, r1 = fused.ratio(dynamics, t0), fused.ratio(dynamics, t1)
+        if math.isinf(r0):
+            # alpha_1 (x0 + r1 eps0), eps0 = (x - alpha_0 x0) / sigma_0
+            c = a1 * r1 / s0
+            return lincomb((c, x), (a1 - c * a0, x0)), state
+        r_mid = self._mid(dynamics, t0, t1)
+        t_mid = state["t_mid"].get(r_mid) if state else None
+        if t_mid is None:
+            t_mid = float(dynamics.schedule.t_from_ratio(r_mid))
+        a_m, s_m, _, _ = dynamics.scalars(t_mid)
+        # x_mid = alpha_mid (x0 + r_mid eps0)
+        c = a_m * r_mid / s0
+        x_mid = lincomb((c, x), (a_m - c * a0, x0))
+        del x0                                       # not needed below: free it for the model
+        x0_mid = dynamics.denoise(t_mid, x_mid)
+        # alpha_1 (x / alpha_0 + (r1 - r0) eps_mid),  eps_mid = (x_mid - alpha_mid x0_mid) / sigma_mid
+        e = a1 * (r1 - r0) / s_m
+        return lincomb((a1 / a0, x), (e, x_mid), (-e * a_m, x0_mid)), state

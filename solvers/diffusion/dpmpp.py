@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from solvers.base import Solver
-from solvers.diffusion.dpm_solver import coeffs, lam, t_of_lam
+from solvers.diffusion import fused
+from solvers.diffusion.dpm_solver import coeffs, t_of_lam
+from solvers.diffusion.fused import lincomb, prime
 from solvers.registry import register_solver
 
 _REFERENCE = ("Lu, Zhou, Bao, Chen, Li & Zhu 2022, DPM-Solver++: Fast Solver for Guided Sampling "
@@ -26,6 +28,14 @@ def data_step(schedule, t0: float, t1: float, x, x0_hat, h: float):
     a1, s1 = coeffs(schedule, t1)
     _, s0 = coeffs(schedule, t0)
     return (s1 / s0) * x + (a1 * -math.expm1(-h)) * x0_hat
+
+
+def data_coefs(dynamics, t0: float, t1: float, h: float) -> tuple[float, float]:
+    """(sigma_1/sigma_0, alpha_1 (1 - e^{-h})): the first-order data-prediction step is
+    c_x x + c_0 x0_hat (h may be inf: alpha(t0) = 0)."""
+    _, s0, _, _ = dynamics.scalars(t0)
+    a1, s1, _, _ = dynamics.scalars(t1)
+    return s1 / s0, a1 * -math.expm1(-h)
 
 
 @register_solver
@@ -44,18 +54,33 @@ class DPMSolverPP2S(Solver):
     stages = 2
     reference = _REFERENCE
 
+    def init_state(self, dynamics, x, grid):
+        ts = prime(dynamics, grid)
+        lams = [fused.lam(dynamics, t) for t in ts]
+        mids = [l0 + 0.5 * (l1 - l0) for l0, l1, t1 in zip(lams[:-1], lams[1:], ts[1:])
+                if t1 != 0.0 and not math.isinf(l0)]
+        mid_ts = fused.t_of_lams(dynamics.schedule, mids)
+        dynamics.prime(mid_ts)
+        return {"t_of_lam": dict(zip(mids, mid_ts))}
+
     def step(self, dynamics, t0, t1, x, state, noise):
-        sched = dynamics.schedule
         x0 = dynamics.denoise(t0, x)
-        l0, l1 = lam(sched, t0), lam(sched, t1)
+        l0, l1 = fused.lam(dynamics, t0), fused.lam(dynamics, t1)
         h = l1 - l0
         if math.isinf(l0):
-            return data_step(sched, t0, t1, x, x0, h), state
+            cx, c0 = data_coefs(dynamics, t0, t1, h)
+            return lincomb((cx, x), (c0, x0)), state
         r = 0.5
-        t_s = t_of_lam(sched, l0 + r * h)
-        u = data_step(sched, t0, t_s, x, x0, r * h)
+        l_s = l0 + r * h
+        t_s = state["t_of_lam"].get(l_s) if state else None
+        if t_s is None:
+            t_s = t_of_lam(dynamics.schedule, l_s)
+        cx, c0 = data_coefs(dynamics, t0, t_s, r * h)
+        u = lincomb((cx, x), (c0, x0))
+        del x0                                       # not needed below: free it for the model
         x0_s = dynamics.denoise(t_s, u)
-        return data_step(sched, t0, t1, x, x0_s, h), state
+        cx, c0 = data_coefs(dynamics, t0, t1, h)
+        return lincomb((cx, x), (c0, x0_s)), state
 
 
 @dataclass(frozen=True)
@@ -68,11 +93,13 @@ class _Multistep(Solver):
     reference = _REFERENCE
 
     def init_state(self, dynamics, x, grid):
+        prime(dynamics, grid)
         return {"hist": (), "grid_steps": grid.steps, "final": grid.final,
                 "t_last": float(grid.t[-1])}
 
     def _push(self, state, l0, x0, keep):
-        return {**state, "hist": ((l0, x0),) + state["hist"][: keep - 1]}
+        state["hist"] = ((l0, x0),) + state["hist"][: keep - 1]
+        return state
 
 
 @register_solver
@@ -99,18 +126,20 @@ class DPMSolverPP2M(_Multistep):
                              f"got {self.lower_order_final!r}")
 
     def step(self, dynamics, t0, t1, x, state, noise):
-        sched = dynamics.schedule
         x0 = dynamics.denoise(t0, x)
-        l0, l1 = lam(sched, t0), lam(sched, t1)
+        l0, l1 = fused.lam(dynamics, t0), fused.lam(dynamics, t1)
         h = l1 - l0
         last = (self.lower_order_final and state["final"] == "t_min" and state["grid_steps"] < 15
                 and t1 == state["t_last"])
-        x0_d = x0
+        cx, c0 = data_coefs(dynamics, t0, t1, h)
         if state["hist"] and not last:
             l_prev, x0_prev = state["hist"][0]
             r = (l0 - l_prev) / h
-            x0_d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-        return data_step(sched, t0, t1, x, x0_d, h), self._push(state, l0, x0, 1)
+            # x0_d = (1 + 1/(2r)) D_0 - 1/(2r) D_-1, folded into the step's coefficients
+            x_new = lincomb((cx, x), (c0 * (1.0 + 0.5 / r), x0), (-c0 * (0.5 / r), x0_prev))
+        else:
+            x_new = lincomb((cx, x), (c0, x0))
+        return x_new, self._push(state, l0, x0, 1)
 
 
 @register_solver
@@ -140,26 +169,32 @@ class DPMSolverPP3M(_Multistep):
     order = 2.0
 
     def step(self, dynamics, t0, t1, x, state, noise):
-        sched = dynamics.schedule
         x0 = dynamics.denoise(t0, x)
-        l0, l1 = lam(sched, t0), lam(sched, t1)
+        l0, l1 = fused.lam(dynamics, t0), fused.lam(dynamics, t1)
         h = l1 - l0
-        a1, _ = coeffs(sched, t1)
-        x_new = data_step(sched, t0, t1, x, x0, h)
+        a1 = dynamics.scalars(t1)[0]
+        cx, c0 = data_coefs(dynamics, t0, t1, h)
         hist = state["hist"]
-        if hist:
+        # first-order step + alpha_1 (phi_2 D1 - phi_3 D2): every term is linear in
+        # (x, D_0, D_-1, D_-2), so the update is one combination with per-step weights
+        if not hist:
+            x_new = lincomb((cx, x), (c0, x0))
+        else:
             phi_2 = math.expm1(-h) / h + 1.0
+            A = a1 * phi_2
             l_1, x0_1 = hist[0]
             r0 = (l0 - l_1) / h
-            d1_0 = (x0 - x0_1) / r0
             if len(hist) == 1:
-                x_new = x_new + (a1 * phi_2) * d1_0
+                # + A (D_0 - D_-1) / r0
+                x_new = lincomb((cx, x), (c0 + A / r0, x0), (-A / r0, x0_1))
             else:
                 l_2, x0_2 = hist[1]
                 r1 = (l_1 - l_2) / h
-                d1_1 = (x0_1 - x0_2) / r1
-                d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-                d2 = (d1_0 - d1_1) * (self.second_difference_factor / (r0 + r1))
                 phi_3 = phi_2 / h - 0.5
-                x_new = x_new + (a1 * phi_2) * d1 - (a1 * phi_3) * d2
+                # d1_0 = (D_0 - D_-1)/r0, d1_1 = (D_-1 - D_-2)/r1, diff = d1_0 - d1_1:
+                # A d1 - B d2 = A d1_0 + k diff, k = (A r0 - B f) / (r0 + r1)
+                k = (A * r0 - a1 * phi_3 * self.second_difference_factor) / (r0 + r1)
+                w0 = (A + k) / r0
+                w2 = k / r1
+                x_new = lincomb((cx, x), (c0 + w0, x0), (-w0 - w2, x0_1), (w2, x0_2))
         return x_new, self._push(state, l0, x0, 2)

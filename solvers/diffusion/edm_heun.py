@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 
 from solvers.base import Solver
+from solvers.diffusion import fused
+from solvers.diffusion.fused import lincomb, prime
 from solvers.registry import register_solver
 
 
@@ -30,14 +32,23 @@ class EDMHeun(Solver):
     reference = ("Karras, Aittala, Aila & Laine 2022, Elucidating the Design Space of "
                  "Diffusion-Based Generative Models")
 
+    def init_state(self, dynamics, x, grid):
+        prime(dynamics, grid)
+        return None
+
     def step(self, dynamics, t0, t1, x, state, noise):
-        sched = dynamics.schedule
-        x0, eps0 = dynamics.x0_eps(t0, x)
-        r0, r1 = float(sched.ratio(t0)), float(sched.ratio(t1))
-        a1 = float(sched.alpha(t1))
+        x0 = dynamics.denoise(t0, x)
+        a0, s0, _, _ = dynamics.scalars(t0)
+        a1, s1, _, _ = dynamics.scalars(t1)
+        r0, r1 = fused.ratio(dynamics, t0), fused.ratio(dynamics, t1)
         if math.isinf(r0):
-            return a1 * (x0 + r1 * eps0), state
-        xbar0 = x / float(sched.alpha(t0))
-        x_pred = a1 * (xbar0 + (r1 - r0) * eps0)
-        _, eps1 = dynamics.x0_eps(t1, x_pred)
-        return a1 * (xbar0 + (0.5 * (r1 - r0)) * (eps0 + eps1)), state
+            # alpha_1 (x0 + r1 eps0), eps0 = (x - alpha_0 x0) / sigma_0
+            c = a1 * r1 / s0
+            return lincomb((c, x), (a1 - c * a0, x0)), state
+        # x_pred = alpha_1 (x / alpha_0 + (r1 - r0) eps0),  eps0 = (x - alpha_0 x0) / sigma_0
+        d = a1 * (r1 - r0) / s0
+        x_pred = lincomb((a1 / a0 + d, x), (-d * a0, x0))
+        x0_1 = dynamics.denoise(t1, x_pred)
+        # alpha_1 (xbar0 + (r1 - r0)/2 (eps0 + eps1)),  eps1 = (x_pred - alpha_1 x0_1) / sigma_1
+        hd, e = 0.5 * d, a1 * (0.5 * (r1 - r0)) / s1
+        return lincomb((a1 / a0 + hd, x), (-hd * a0, x0), (e, x_pred), (-e * a1, x0_1)), state

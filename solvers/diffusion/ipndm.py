@@ -13,8 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from solvers.base import Solver
-from solvers.diffusion.dpm_solver import coeffs
+from solvers.diffusion import fused
+from solvers.diffusion.fused import lincomb, prime
 from solvers.diffusion.lagrange import basis_integrals
 from solvers.registry import register_solver
 
@@ -48,7 +51,10 @@ class _IPNDM(Solver):
         return float(self.solver_order)
 
     def init_state(self, dynamics, x, grid):
-        # hist: (rho, eps_hat) of earlier grid points, newest first
+        prime(dynamics, grid)
+        # hist: (rho, sigma eps_hat, sigma) of earlier grid points, newest first; eps_hat is
+        # stored times its sigma (x - alpha x0_hat: one pass over the state) and the 1/sigma goes
+        # into the weights
         return {"i": 0, "hist": ()}
 
     def _weights(self, r0: float, r1: float, hist, order: int):
@@ -56,19 +62,24 @@ class _IPNDM(Solver):
         raise NotImplementedError
 
     def step(self, dynamics, t0, t1, x, state, noise):
-        sched = dynamics.schedule
-        x0, eps = dynamics.x0_eps(t0, x)
-        a1, s1 = coeffs(sched, t1)
-        r0, r1 = float(sched.ratio(t0)), float(sched.ratio(t1))
+        x0 = dynamics.denoise(t0, x)
+        a0, s0, _, _ = dynamics.scalars(t0)
+        a1, s1, _, _ = dynamics.scalars(t1)
+        r0, r1 = fused.ratio(dynamics, t0), fused.ratio(dynamics, t1)
         i = state["i"]
         order = min(self.solver_order, i + 1)
-        x_new = a1 * x0 + s1 * eps
+        e0 = torch.add(x, x0, alpha=-a0)            # sigma_0 eps_0
+        # x_new = alpha_1 x0 + sigma_1 eps_0 + sum_j (scale c_j)(eps_j - eps_0)
+        c_eps = s1
+        terms = []
         if order > 1:
             c, pts = self._weights(r0, r1, state["hist"][: order - 1], order)
             scale = s1 - a1 * r0          # alpha_1 (rho_1 - rho_0)
-            for cj, (_, ej) in zip(c, pts):
-                x_new = x_new + (scale * cj) * (ej - eps)
-        hist = ((r0, eps),) + state["hist"][: max(self.solver_order - 2, 0)]
+            for cj, (_, ej, sj) in zip(c, pts):
+                c_eps -= scale * cj
+                terms.append(((scale * cj) / sj, ej))
+        x_new = lincomb((a1, x0), (c_eps / s0, e0), *terms)
+        hist = ((r0, e0, s0),) + state["hist"][: max(self.solver_order - 2, 0)]
         return x_new, {**state, "i": i + 1, "hist": hist}
 
 
@@ -112,9 +123,9 @@ class IPNDMV(_IPNDM):
     order = 4.0
 
     def _weights(self, r0, r1, hist, order):
-        pts = [(r, e) for (r, e) in hist if math.isfinite(r)]
+        pts = [p for p in hist if math.isfinite(p[0])]
         if not pts:
             return (), ()
         dr = r1 - r0
-        nodes = [0.0] + [(r - r0) / dr for r, _ in pts]
+        nodes = [0.0] + [(p[0] - r0) / dr for p in pts]
         return basis_integrals(nodes, 0.0, 1.0)[1:], pts

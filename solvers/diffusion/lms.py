@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from solvers.base import Solver
+from solvers.diffusion import fused
+from solvers.diffusion.fused import lincomb, prime
 from solvers.diffusion.lagrange import basis_integrals
 from solvers.registry import register_solver
 
@@ -42,20 +46,26 @@ class LMS(Solver):
         object.__setattr__(self, "order", float(self.solver_order))
 
     def init_state(self, dynamics, x, grid):
+        prime(dynamics, grid)
+        # history: (sigmabar, sigma eps_hat, sigma), newest first; eps_hat is stored times its
+        # sigma (x - alpha x0_hat: one pass over the state), the 1/sigma goes into the weights
         return ()
 
     def step(self, dynamics, t0, t1, x, state, noise):
-        sched = dynamics.schedule
-        x0, eps0 = dynamics.x0_eps(t0, x)
-        r0, r1 = float(sched.ratio(t0)), float(sched.ratio(t1))
-        a1 = float(sched.alpha(t1))
+        x0 = dynamics.denoise(t0, x)
+        a0, s0, _, _ = dynamics.scalars(t0)
+        a1 = dynamics.scalars(t1)[0]
+        r0, r1 = fused.ratio(dynamics, t0), fused.ratio(dynamics, t1)
         if math.isinf(r0):
-            return a1 * (x0 + r1 * eps0), state
-        hist = ((r0, eps0),) + state[: self.solver_order - 1]
+            # alpha_1 (x0 + r1 eps0), eps0 = x / sigma_0 (alpha_0 = 0)
+            c = a1 * r1 / s0
+            return lincomb((c, x), (a1 - c * a0, x0)), state
+        e0 = torch.add(x, x0, alpha=-a0)            # sigma_0 eps_0
+        del x0                                       # its memory can hold the result
+        hist = ((r0, e0, s0),) + state[: self.solver_order - 1]
         # in s = (sigmabar - r0) / (r1 - r0) the nodes are O(1) and the step is [0, 1]
         dr = r1 - r0
-        c = [dr * w for w in basis_integrals([(r - r0) / dr for r, _ in hist], 0.0, 1.0)]
-        xbar = x / float(sched.alpha(t0))
-        for cj, (_, eps_j) in zip(c, hist):
-            xbar = xbar + cj * eps_j
-        return a1 * xbar, hist
+        c = [dr * w for w in basis_integrals([(h[0] - r0) / dr for h in hist], 0.0, 1.0)]
+        # alpha_1 (x / alpha_0 + sum_j c_j eps_j)
+        x_new = lincomb((a1 / a0, x), *(((a1 * cj) / sj, ej) for cj, (_, ej, sj) in zip(c, hist)))
+        return x_new, hist

@@ -19,10 +19,9 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from solvers.base import Solver
-from solvers.diffusion.dpm_solver import coeffs, lam
+from solvers.diffusion import fused
+from solvers.diffusion.fused import lincomb, prime
 from solvers.registry import register_solver
 
 _REFERENCE = ("Zhao, Bai, Rao, Zhou & Lu 2023, UniPC: A Unified Predictor-Corrector Framework for "
@@ -41,6 +40,11 @@ def _b_vector(h: float, n: int, variant: str) -> tuple[float, list[float]]:
         fact *= i + 1
         h_phi_k = h_phi_k / hh - 1.0 / fact
     return B, b
+
+
+def _b_of_h(h: float, variant: str) -> float:
+    """B(h) alone (what :func:`_b_vector` returns first), for the orders with a fixed rho."""
+    return -h if variant == "bh1" else math.expm1(-h)
 
 
 def _finite(points):
@@ -92,46 +96,63 @@ class _UniPC(Solver):
 
     def init_state(self, dynamics, x, grid):
         # hist: (lambda, x0_hat) of earlier grid points, newest first; base: the previous step's
-        # start (t, lambda, corrected x, predictor order) for the corrector
-        return {"i": 0, "n": grid.steps, "final": grid.final, "hist": (), "base": None}
+        # start (t, lambda, corrected x, predictor order) for the corrector; lam: lambda of each
+        # grid time (the state is this solve's own and is updated in place)
+        ts = prime(dynamics, grid)
+        return {"i": 0, "n": grid.steps, "final": grid.final, "hist": (), "base": None,
+                "lam": {t: fused.lam(dynamics, t) for t in ts}}
 
     def step(self, dynamics, t0, t1, x, state, noise):
-        sched = dynamics.schedule
         m0 = dynamics.denoise(t0, x)
-        l0, l1 = lam(sched, t0), lam(sched, t1)
+        lams = state.get("lam") or {}
+        l0, l1 = lams.get(t0), lams.get(t1)
+        if l0 is None or l1 is None:
+            l0, l1 = fused.lam(dynamics, t0), fused.lam(dynamics, t1)
         hist = state["hist"]
-        if state["base"] is not None:
-            x = self._correct(sched, state["base"], hist, t0, l0, x, m0)
+        base, state["base"] = state["base"], None
+        if base is not None:
+            x = self._correct(dynamics, base, hist, t0, l0, x, m0)
         i = state["i"]
         order = min(self.solver_order, i + 1)
         if self.lower_order_final and state["final"] == "zero":
             order = min(order, state["n"] - i)
-        x_new = self._predict(sched, x, t0, l0, m0, t1, l1, hist, order)
-        state = {**state, "i": i + 1, "hist": ((l0, m0),) + hist[: self.solver_order - 1],
-                 "base": (t0, l0, x, order)}
+        # drop what the predictor does not use (the previous start, the oldest output) before it
+        # allocates its result: fewer live state-sized tensors
+        del base
+        state["hist"] = ((l0, m0),) + hist[: self.solver_order - 1]
+        hist = hist[: order - 1]
+        x_new = self._predict(dynamics, x, t0, l0, m0, t1, l1, hist, order)
+        state["i"] = i + 1
+        state["base"] = (t0, l0, x, order)
         return x_new, state
 
     # ------------------------------------------------------------------------------------------
-    def _predict(self, sched, x, t0, l0, m0, t1, l1, hist, order):
+    # Predictor and corrector are linear in (x, model outputs) with per-step scalar weights: each
+    # is one linear combination, one pass over the state per term.
+    def _predict(self, dynamics, x, t0, l0, m0, t1, l1, hist, order):
         """UniP-order from (t0, x, m0) to t1 with the earlier outputs in ``hist``."""
-        a1, s1 = coeffs(sched, t1)
-        _, s0 = coeffs(sched, t0)
+        a1, s1, _, _ = dynamics.scalars(t1)
+        s0 = dynamics.scalars(t0)[1]
         h = l1 - l0
-        x_new = (s1 / s0) * x + (a1 * -math.expm1(-h)) * m0
+        c_x, c_m0 = s1 / s0, a1 * -math.expm1(-h)
         pts = _finite(hist[: order - 1])
         if not pts:
-            return x_new
+            return lincomb((c_x, x), (c_m0, m0))
         rks = [(lk - l0) / h for lk, _ in pts]
-        B, b = _b_vector(h, len(pts), self.variant)
         if order == 2:
-            rhos = [0.5]
+            B, rhos = _b_of_h(h, self.variant), [0.5]
         else:
-            R = np.array([[rk**p for rk in rks] for p in range(len(pts))])
-            rhos = np.linalg.solve(R, np.array(b)).tolist()
-        res = sum(rho * ((mk - m0) / rk) for rho, rk, (_, mk) in zip(rhos, rks, pts))
-        return x_new - (a1 * B) * res
+            B, b = _b_vector(h, len(pts), self.variant)
+            rhos = _solve([[rk**p for rk in rks] for p in range(len(pts))], b)
+        # - alpha_1 B sum_k rho_k (m_k - m0) / r_k
+        terms = []
+        for rho, rk, (_, mk) in zip(rhos, rks, pts):
+            w = (a1 * B) * (rho / rk)
+            c_m0 += w
+            terms.append((-w, mk))
+        return lincomb((c_x, x), (c_m0, m0), *terms)
 
-    def _correct(self, sched, base, hist, t, l, x, m_t):  # noqa: E741
+    def _correct(self, dynamics, base, hist, t, l, x, m_t):  # noqa: E741
         """UniC: redo the previous step from its corrected start with m_t (the output at the
         predicted x) as an extra node.  Returns x unchanged where the step started at
         lambda = -inf."""
@@ -139,22 +160,58 @@ class _UniPC(Solver):
         h = l - l_s
         if not math.isfinite(h):
             return x
-        a, s = coeffs(sched, t)
-        _, s_s = coeffs(sched, t_s)
+        a, s, _, _ = dynamics.scalars(t)
+        s_s = dynamics.scalars(t_s)[1]
         m_s = hist[0][1]
-        x_c = (s / s_s) * x_s + (a * -math.expm1(-h)) * m_s
         pts = _finite(hist[1:order])
         rks = [(lk - l_s) / h for lk, _ in pts] + [1.0]
-        B, b = _b_vector(h, len(rks), self.variant)
         if order == 1:
-            rhos = [0.5]
+            B, rhos = _b_of_h(h, self.variant), [0.5]
         else:
-            R = np.array([[rk**p for rk in rks] for p in range(len(rks))])
-            rhos = np.linalg.solve(R, np.array(b)).tolist()
-        res = rhos[-1] * (m_t - m_s)
+            B, b = _b_vector(h, len(rks), self.variant)
+            rhos = _solve([[rk**p for rk in rks] for p in range(len(rks))], b)
+        # (s/s_s) x_s + a (1 - e^{-h}) m_s - a B [rho_last (m_t - m_s) + sum_k rho_k (m_k - m_s)/r_k]
+        aB = a * B
+        c_ms = a * -math.expm1(-h) + aB * rhos[-1]
+        terms = [(-aB * rhos[-1], m_t)]
         for rho, rk, (_, mk) in zip(rhos[:-1], rks, pts):
-            res = res + rho * ((mk - m_s) / rk)
-        return x_c - (a * B) * res
+            w = aB * (rho / rk)
+            c_ms += w
+            terms.append((-w, mk))
+        return lincomb((s / s_s, x_s), (c_ms, m_s), *terms)
+
+
+def _solve(A: list[list[float]], b: list[float]) -> list[float]:
+    """Solve the small dense system A y = b (Cramer's rule for 2 x 2, else Gaussian elimination
+    with partial pivoting; the systems here are at most 4 x 4, where numpy's per-call overhead
+    would dominate)."""
+    n = len(b)
+    if n == 2:
+        # Cramer's rule (here A = [[1, 1], [r, 1]] with r < 0: det = 1 - r > 1)
+        (a00, a01), (a10, a11) = A
+        det = a00 * a11 - a01 * a10
+        if det == 0.0:
+            raise ValueError("singular UniPC coefficient system (repeated nodes)")
+        return [(b[0] * a11 - a01 * b[1]) / det, (a00 * b[1] - b[0] * a10) / det]
+    M = [list(map(float, row)) + [float(bi)] for row, bi in zip(A, b)]
+    for k in range(n):
+        p = max(range(k, n), key=lambda r: abs(M[r][k]))
+        if M[p][k] == 0.0:
+            raise ValueError("singular UniPC coefficient system (repeated nodes)")
+        if p != k:
+            M[k], M[p] = M[p], M[k]
+        pivot = M[k]
+        for r in range(k + 1, n):
+            f = M[r][k] / pivot[k]
+            if f != 0.0:
+                row = M[r]
+                for c in range(k, n + 1):
+                    row[c] -= f * pivot[c]
+    y = [0.0] * n
+    for k in range(n - 1, -1, -1):
+        acc = M[k][n] - sum(M[k][c] * y[c] for c in range(k + 1, n))
+        y[k] = acc / M[k][k]
+    return y
 
 
 @register_solver
