@@ -33,8 +33,12 @@ bench: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# glibc allocator thresholds raised so that freed 256 KB tensors are not handed back to the OS
+# and paged in again: page faults otherwise add run-order-dependent noise to every timing
+PERF_MALLOC := MALLOC_TRIM_THRESHOLD_=268435456 MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TOP_PAD_=67108864
+
 perf: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-only -o python_files="bench_*.py" --benchmark-columns=median,iqr,rounds
+	HF_HUB_OFFLINE=1 $(PERF_MALLOC) $(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-only -o python_files="bench_*.py" --benchmark-columns=median,iqr,rounds
 
 # The larger published matrix (about 40 min on 2 cores; resumable), its report, and the README's
 # headline table spliced from results/full/report/headline.md.
