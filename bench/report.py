@@ -83,43 +83,34 @@ def _status_cell(r) -> str:
     return {"diverged": "diverged", "failed": "failed", "skipped": "skipped"}.get(r["status"], "")
 
 
-def metric_table(df: pd.DataFrame, metric: str, with_nfe: bool = True) -> pd.DataFrame:
-    """Solvers x steps table of ``metric`` for one (model, grid), NFE in parentheses."""
+def metric_table(df: pd.DataFrame, metric: str, with_nfe: bool = True, cell=None) -> pd.DataFrame:
+    """Solvers x steps table of ``metric`` for one (model, grid), NFE in parentheses.
+    ``cell(row) -> str`` formats a cell instead (status cells take precedence)."""
+    fmt = cell or (lambda r: _fmt(r[metric], r["nfe"] if with_nfe else None))
     fixed = df[df["steps"].notna()]
     out = {}
     for label, g in fixed.groupby("label", sort=False):
-        row = {}
-        for _, r in g.sort_values("steps").iterrows():
-            cell = _status_cell(r) or _fmt(r[metric], r["nfe"] if with_nfe else None)
-            row[int(r["steps"])] = cell
-        out[label] = row
+        out[label] = {int(r["steps"]): _status_cell(r) or fmt(r)
+                      for _, r in g.sort_values("steps").iterrows()}
     table = pd.DataFrame(out).T
     if not table.empty:
         table = table[sorted(table.columns)]
         table.columns = [f"{c} steps" for c in table.columns]
     return table
+
+
+def _kid_cell(r) -> str:
+    kid, std = r["kid"], r.get("kid_std")
+    if kid is None or pd.isna(kid):
+        return "—"
+    if std is None or pd.isna(std):
+        return _fmt(kid, r["nfe"])
+    return f"{kid:.2e} ± {std:.1e} ({int(r['nfe'])})"
 
 
 def kid_table(df: pd.DataFrame) -> pd.DataFrame:
     """Solvers x steps table of KID, ``mean ± std over subsets (NFE)``."""
-    fixed = df[df["steps"].notna()]
-    out = {}
-    for label, g in fixed.groupby("label", sort=False):
-        row = {}
-        for _, r in g.sort_values("steps").iterrows():
-            kid, std = r["kid"], r.get("kid_std")
-            if _status_cell(r) or kid is None or pd.isna(kid):
-                cell = _status_cell(r) or "—"
-            else:
-                cell = f"{kid:.2e} ± {std:.1e} ({int(r['nfe'])})" if std is not None and \
-                    not pd.isna(std) else _fmt(kid, r["nfe"])
-            row[int(r["steps"])] = cell
-        out[label] = row
-    table = pd.DataFrame(out).T
-    if not table.empty:
-        table = table[sorted(table.columns)]
-        table.columns = [f"{c} steps" for c in table.columns]
-    return table
+    return metric_table(df, "kid", cell=_kid_cell)
 
 
 def flat_rows(df: pd.DataFrame) -> pd.DataFrame:
