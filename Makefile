@@ -30,8 +30,10 @@ bench: $(STAMP)
 	$(BIN)/samplerbench preview digits-cond-rf --guidance 2 --out results/zoo/report
 	$(BIN)/samplerbench report results/zoo
 
+# one pytest-xdist worker per core (each test runs single-threaded); a file's tests share a
+# worker so that module fixtures (trained features, references) are built once
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n auto --dist loadfile tests
 
 # glibc allocator thresholds raised so that freed 256 KB tensors are not handed back to the OS
 # and paged in again: page faults otherwise add run-order-dependent noise to every timing
