@@ -118,6 +118,10 @@ def cmd_run(args) -> int:
         spec = parse_spec(raw)
     if args.compile is not None:
         spec = dataclasses.replace(spec, compile=parse_compile(args.compile, "--compile"))
+    if args.max_nfe is not None:
+        if args.max_nfe < 1:
+            raise UserError("--max-nfe", args.max_nfe, hint="a positive number of model calls")
+        spec = dataclasses.replace(spec, max_nfe=args.max_nfe)
     summary = run_spec(spec, args.out, device=args.device, resume=not args.no_resume,
                        progress=not args.quiet)
     status = summary["matrix_status"]          # over the whole matrix, reused cells included
@@ -225,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="ad hoc: run name (default 'adhoc')")
     run.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
                      help="torch.compile the model (default backend inductor; overrides the spec)")
+    run.add_argument("--max-nfe", type=int, metavar="N",
+                     help="stop a solve after N model calls and record the cell as failed "
+                     "(overrides the spec's max_nfe; a rerun with a larger N recomputes it)")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.add_argument("--strict", action="store_true",
                      help="exit 1 at the end if any cell failed or diverged (the run still "

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.metrics import fit_order, fit_order_ci, pareto_front
-from bench.store import read_rows
+from bench.store import latest_rows, read_rows
 from models.errors import UserError
 
 FORMATS = ("md", "csv", "html", "latex", "parquet")
@@ -53,7 +53,7 @@ def declared_order(name: str) -> float | None:
 
 
 def load_frame(run_dir: str | Path) -> pd.DataFrame:
-    rows = read_rows(Path(run_dir) / "rows.jsonl")
+    rows = latest_rows(read_rows(Path(run_dir) / "rows.jsonl"))
     if not rows:
         raise UserError("report DIR", str(run_dir), hint="no rows.jsonl with results there; "
                         "run `samplerbench run SPEC --out DIR` first")

@@ -23,8 +23,9 @@ from bench.metrics import (PeakMemory, error_metrics, frechet_gaussian, nonconv,
                            swd, timed)
 from bench.progress import Progress
 from bench.spec import NamedParams, Spec
-from bench.store import RowStore, read_rows
-from models.denoiser import CastDenoiser, CompiledDenoiser, TimedDenoiser
+from bench.store import RowStore, latest_rows, read_rows
+from models.denoiser import (CastDenoiser, CompiledDenoiser, NFEBudgetExceeded,
+                             TimedDenoiser)
 from models.errors import UserError
 from models.guidance import class_labels, conditional_models, guided
 from models.zoo import is_analytic, load_model, model_entry
@@ -34,6 +35,10 @@ from solvers.noise import sample_seeds
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
+
+
+class _CellFailed(RuntimeError):
+    """A solve failed on some rank; the message is the one to record."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -137,6 +142,9 @@ class Runner:
         self.store = RowStore(self.out)
         self._models: dict = {}
         self._refs: dict = {}
+        self._grids: dict = {}
+        self._x_inits: dict = {}
+        self._timers: dict = {}
         self._fid = None
         self._git_sha = git_sha()      # the code this run loaded: read once, not per row
 
@@ -164,9 +172,40 @@ class Runner:
         return self._models[name]
 
     def _x_init(self, den, grid, cell: Cell) -> torch.Tensor:
-        z = initial_noise(sample_seeds(cell.seed, cell.n_samples), den.data_shape,
-                          dtype=DTYPES[cell.state_dtype], device=self.device)
-        return z.mul_(float(den.schedule.sigma(grid.t_start)))
+        """sigma(t_start) z with z the cell's per-sample initial noise.  The last two draws are
+        kept: consecutive cells of a model (every solver, step count and grid starting at the same
+        time) share them, and each cell gets its own copy."""
+        sigma = float(den.schedule.sigma(grid.t_start))
+        key = (cell.model, cell.seed, cell.n_samples, tuple(den.data_shape), cell.state_dtype,
+               sigma)
+        x = self._x_inits.get(key)
+        if x is None:
+            z = initial_noise(sample_seeds(cell.seed, cell.n_samples), den.data_shape,
+                              dtype=DTYPES[cell.state_dtype], device=self.device)
+            x = self._x_inits[key] = z.mul_(sigma)
+            while len(self._x_inits) > 2:
+                self._x_inits.pop(next(iter(self._x_inits)))
+        return x.clone()
+
+    def _grid(self, cell: Cell, den, steps: int):
+        """The cell's time grid, built once per (model, grid, steps, final) and shared by the
+        cells that differ only in solver, seed or dtype (grids are immutable)."""
+        params = json.dumps(cell.grid.params, sort_keys=True, default=str)
+        key = (cell.model, cell.grid.name, params, steps, cell.final)
+        g = self._grids.get(key)
+        if g is None:
+            g = self._grids[key] = make_grid(cell.grid.name, den.schedule, steps,
+                                             final=cell.final, **cell.grid.params)
+        return g
+
+    def _timed(self, den):
+        """The timing wrapper of ``den``, one per model object for the whole run."""
+        hit = self._timers.get(id(den))
+        if hit is None or hit[0] is not den:
+            if len(self._timers) > 64:      # per-cell wrappers (guidance, casts) come and go
+                self._timers.clear()
+            hit = self._timers[id(den)] = (den, TimedDenoiser(den))
+        return hit[1]
 
     def _compiled(self, den, cell: Cell):
         """``den`` under torch.compile, built once per (model, dtype, backend) so that every
@@ -297,23 +336,30 @@ class Runner:
                  "model": None, "mem": None, "mem_kind": None}
         peak = PeakMemory(self.device)
         try:
-            tden = TimedDenoiser(den)
+            tden = self._timed(den)
             walls = []
-            xs, ss = x_init[part], list(seeds)
+            xs, ss = x_init[part], seeds
             local_cond = {k: v[part] for k, v in (cond or {}).items()}
 
             def once(chunks: int):
                 # samples are independent (per-sample seeds): solving the share in chunks gives
                 # the same samples; used after an out-of-memory error
                 tden.seconds = 0.0
-                bounds = [len(ss) * i // chunks for i in range(chunks + 1)]
-                sols = [self._solve(solver, tden, grid, xs[a:b], ss[a:b], cell.noise,
-                                    {k: v[a:b] for k, v in local_cond.items()})
-                        for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+                def part(x, s, c):
+                    tden.budget(self.spec.max_nfe)         # the NFE cap is per solve
+                    return self._solve(solver, tden, grid, x, s, cell.noise, c)
+
+                if chunks == 1:
+                    sols = [part(xs, ss, local_cond)]
+                else:
+                    bounds = [len(ss) * i // chunks for i in range(chunks + 1)]
+                    sols = [part(xs[a:b], ss[a:b], {k: v[a:b] for k, v in local_cond.items()})
+                            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
                 walls.append(tden.seconds)
                 bad = next((q for q in sols if q.status != "ok"), None)
                 first = sols[0]
-                return Solution(x=torch.cat([q.x for q in sols]), nfe=first.nfe,
+                x = sols[0].x if len(sols) == 1 else torch.cat([q.x for q in sols])
+                return Solution(x=x, nfe=first.nfe,
                                 n_steps=first.n_steps, status=bad.status if bad else "ok",
                                 message=bad.message if bad else "",
                                 forward_passes=first.forward_passes), chunks
@@ -337,20 +383,24 @@ class Runner:
             local["mem"], local["mem_kind"] = peak.stop()
             local.update(status=sol.status, message=sol.message or note, nfe=sol.nfe,
                          fp=sol.forward_passes, wall=wall, x=sol.x.detach().cpu(), model=model_s)
+        except NFEBudgetExceeded:
+            local.update(status="failed", message=(
+                f"NFE budget: stopped after {self.spec.max_nfe} model calls (spec max_nfe) "
+                f"before the solve finished"))
         except Exception as exc:  # recorded, and the other ranks learn of it below
             tb = traceback.extract_tb(exc.__traceback__)
             where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
             local.update(status="failed", message=f"{type(exc).__name__}: {exc}{where}")
         if self.dist.world == 1:
             if local["status"] == "failed":
-                raise RuntimeError(local["message"])
+                raise _CellFailed(local["message"])
             return local
         parts = self.dist.all_gather(local)
         for st in ("failed", "diverged"):
             bad = [p for p in parts if p["status"] == st]
             if bad:
                 if st == "failed":
-                    raise RuntimeError(bad[0]["message"])
+                    raise _CellFailed(bad[0]["message"])
                 return {**bad[0], "x": None}
         return {"status": "ok", "message": "", "x": torch.cat([p["x"] for p in parts]),
                 "nfe": max(p["nfe"] for p in parts), "fp": max(p["fp"] for p in parts),
@@ -363,7 +413,8 @@ class Runner:
                "status": "ok", "message": "", "fid": None, "fid_features": None, "swd": None,
                "err_rms": None, "err_max": None, "nonconv": None, "wall_s": None,
                "time_per_sample_s": None, "peak_mem_bytes": None, "git_sha": self._git_sha,
-               "torch_version": torch.__version__, "device": str(self.device)}
+               "torch_version": torch.__version__, "device": str(self.device),
+               "max_nfe": self.spec.max_nfe}
         try:
             den = self.model(cell.model)
             base = den                     # the model itself: its dataset / mixture for metrics
@@ -382,8 +433,7 @@ class Runner:
                 run_den = self._compiled(run_den, cell)
             solver = get_solver(cell.solver.name, **cell.solver_params())
             row["solver_params"] = solver.params()
-            grid = make_grid(cell.grid.name, den.schedule, cell.steps or 2, final=cell.final,
-                             **cell.grid.params)
+            grid = self._grid(cell, den, cell.steps or 2)
             row["grid_params"] = grid.params
             reason = solver.check(den, grid)
             if reason:
@@ -404,8 +454,7 @@ class Runner:
             x = sol["x"]
             sol2 = None
             if _wanted(self.spec.nonconv, cell.model) and cell.steps is not None:  # all ranks
-                grid2 = make_grid(cell.grid.name, den.schedule, 2 * cell.steps, final=cell.final,
-                                  **cell.grid.params)
+                grid2 = self._grid(cell, den, 2 * cell.steps)
                 sol2 = self._sharded(solver, run_den, grid2, x_init, cell, repeats=1, warmup=0,
                                      cond=cond)
             if not self.dist.is_main:
@@ -428,6 +477,8 @@ class Runner:
                 row["nonconv"] = nonconv(x, sol2["x"])
         except UserError:
             raise
+        except _CellFailed as exc:  # the solve failed (its message says where)
+            row.update(status="failed", message=str(exc))
         except Exception as exc:  # the cell fails, the matrix goes on
             tb = traceback.extract_tb(exc.__traceback__)
             where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
@@ -478,7 +529,7 @@ class Runner:
             if not self.resume and self.store.path.exists():
                 self.store.path.unlink()
             self.store.repair()
-            done = self.store.done_ids() if self.resume else set()
+            done = self.store.done_ids(self.spec.max_nfe) if self.resume else set()
             self._write_run_json()
         done = self.dist.broadcast(done)                    # every rank runs the same cells
         todo = [c for c in cells if c.case_id not in done]
@@ -498,7 +549,7 @@ class Runner:
         ids = {c.case_id for c in cells}
         matrix_status: dict[str, int] = {}
         if main:
-            for r in read_rows(self.store.path):
+            for r in latest_rows(read_rows(self.store.path)):
                 if r.get("case_id") in ids:
                     matrix_status[r["status"]] = matrix_status.get(r["status"], 0) + 1
         matrix_status = self.dist.broadcast(matrix_status)
@@ -523,4 +574,4 @@ def run_spec(spec: Spec, out_dir: str | Path | None = None, device: str | None =
 
 
 def rows(out_dir: str | Path) -> list[dict]:
-    return read_rows(Path(out_dir) / "rows.jsonl")
+    return latest_rows(read_rows(Path(out_dir) / "rows.jsonl"))

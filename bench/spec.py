@@ -18,6 +18,8 @@ state_dtype = "float64"           # solver state (default: float64 for a float64
 device  = "cpu"                   # cpu | cuda | auto
 threads = 1                       # torch intra-op threads (default: torch's choice)
 compile = false                   # torch.compile the model: true (inductor) or a backend name
+max_nfe = 20000                   # stop a solve after this many model calls: the cell is
+                                  # recorded as failed ("NFE budget"); default: no limit
 
 [reference]                       # float64 dopri8 reference for err_rms / err_max
 rtol = 1e-10
@@ -56,8 +58,8 @@ DEVICES = ("cpu", "cuda", "mps", "auto")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
 _TOP_KEYS = {"name", "description", "models", "solvers", "grids", "steps", "tolerances", "final",
-             "samples", "seed", "noise", "guidance", "dtype", "state_dtype", "device", "threads", "compile", "reference",
-             "timing", "metrics"}
+             "samples", "seed", "noise", "guidance", "dtype", "state_dtype", "device", "threads",
+             "compile", "max_nfe", "reference", "timing", "metrics"}
 _SUB_KEYS = {"reference": {"rtol", "atol", "sde_steps"}, "timing": {"warmup", "repeats"},
              "metrics": {"nonconv", "error", "weak", "kid", "fid_features"}}
 
@@ -102,6 +104,7 @@ class Spec:
     sde_ref_steps: int = 1024
     threads: int | None = None        # torch intra-op threads (None: torch's default)
     compile: str | None = None        # torch.compile backend of the model (None: not compiled)
+    max_nfe: int | None = None        # model calls per solve before a cell stops (None: no cap)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -251,6 +254,9 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     if threads is not None:
         _int("threads", threads, 1)
     compile_ = parse_compile(raw.get("compile", False))
+    max_nfe = raw.get("max_nfe")
+    if max_nfe is not None:
+        _int("max_nfe", max_nfe, 1)
     desc = raw.get("description", "")
     if not isinstance(desc, str):
         raise UserError("description", desc, hint="a string")
@@ -265,7 +271,7 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
         nonconv=metrics.get("nonconv", True), error=metrics.get("error", True), threads=threads,
         weak=metrics.get("weak", True), kid=metrics.get("kid", False), fid_features=fid_features,
         sde_ref_steps=_int("reference.sde_steps", ref.get("sde_steps", 1024), 2),
-        compile=compile_,
+        compile=compile_, max_nfe=max_nfe,
     )
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 ROW_KEYS = (
     "case_id", "model", "solver", "solver_params", "grid", "grid_params", "final", "steps", "nfe",
     "forward_passes", "n_samples", "seed", "guidance", "noise", "device", "dtype", "state_dtype",
-    "status",
-    "message", "reference", "err_rms", "err_max", "fid", "fid_features", "kid", "kid_std", "kid_protocol",
-    "swd", "nonconv", "wall_s",
-    "model_s", "overhead_s", "time_per_sample_s", "peak_mem_bytes", "peak_mem_kind", "compile", "git_sha",
+    "status", "message", "reference", "err_rms", "err_max", "fid", "fid_features", "kid",
+    "kid_std", "kid_protocol", "swd", "nonconv", "wall_s", "model_s", "overhead_s",
+    "time_per_sample_s", "peak_mem_bytes", "peak_mem_kind", "compile", "max_nfe", "git_sha",
     "torch_version",
 )
 
@@ -42,13 +41,45 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
+BUDGET_MESSAGE = "NFE budget:"      # how a cell stopped by the spec's max_nfe begins its message
+
+
+def over_budget(row: dict) -> bool:
+    """The cell was stopped by ``max_nfe`` (a rerun with a larger budget computes it again)."""
+    return row.get("status") == "failed" and str(row.get("message", "")).startswith(BUDGET_MESSAGE)
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per cell: where a cell was computed again (a larger ``max_nfe``), its last row,
+    at the position of the first."""
+    last: dict = {}
+    for i, r in enumerate(rows):
+        last[r.get("case_id", i)] = r
+    seen, out = set(), []
+    for i, r in enumerate(rows):
+        k = r.get("case_id", i)
+        if k not in seen:
+            seen.add(k)
+            out.append(last[k])
+    return out
+
+
 class RowStore:
     def __init__(self, out_dir: str | Path):
         self.dir = Path(out_dir)
         self.path = self.dir / "rows.jsonl"
 
-    def done_ids(self) -> set[str]:
-        return {r["case_id"] for r in read_rows(self.path) if "case_id" in r}
+    def done_ids(self, max_nfe: int | None = None) -> set[str]:
+        """Cells finished for a run with NFE cap ``max_nfe``: every cell with a row, except those
+        stopped by a smaller cap than this one (or by any cap, when this run has none)."""
+        done = set()
+        for r in latest_rows(read_rows(self.path)):
+            if "case_id" not in r:
+                continue
+            if over_budget(r) and (max_nfe is None or (r.get("max_nfe") or 0) < max_nfe):
+                continue
+            done.add(r["case_id"])
+        return done
 
     def repair(self) -> None:
         """Drop a torn trailing line so the next append starts on a fresh line."""

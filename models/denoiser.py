@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from time import perf_counter as _perf_counter
 from typing import Callable
 
 import torch
@@ -61,10 +62,17 @@ class DenoiserWrapper(Denoiser):
     """Base of the wrappers around a denoiser (cast, timing, counting, guidance): same schedule,
     data shape, sampling interval and forward passes per call as ``inner``."""
 
+    # our wrappers register no hooks, so a wrapper calls a wrapper's forward directly (nn.Module's
+    # __call__ costs a few microseconds per model call); a model itself is always called normally
+    _hookless = True
+
     def __init__(self, inner: Denoiser):
         super().__init__(inner.schedule, inner.data_shape)
         self.inner = inner
         self.forward_passes_per_call = getattr(inner, "forward_passes_per_call", 1)
+        # a plain attribute (not a registered submodule: ``inner`` already is one)
+        object.__setattr__(self, "_call_inner",
+                           inner.forward if getattr(type(inner), "_hookless", False) else inner)
 
     @property
     def t_min(self):
@@ -86,7 +94,11 @@ class CastDenoiser(DenoiserWrapper):
     def forward(self, x, t, **cond):
         # time stays at least float32 (as under autocast): bf16 cannot tell t = 79 from 80
         tt = t.to(self.dtype) if self.dtype in (torch.float32, torch.float64) else t.float()
-        return self.inner(x.to(self.dtype), tt, **cond).to(x.dtype)
+        return self._call_inner(x.to(self.dtype), tt, **cond).to(x.dtype)
+
+
+class NFEBudgetExceeded(RuntimeError):
+    """A solve made more model calls than its budget (the spec's ``max_nfe``)."""
 
 
 class TimedDenoiser(DenoiserWrapper):
@@ -102,6 +114,14 @@ class TimedDenoiser(DenoiserWrapper):
         super().__init__(inner)
         self._cpu_s = 0.0
         self._events: list = []
+        self.calls = 0
+        self.max_calls = 1 << 62          # see ``budget``
+
+    def budget(self, max_calls: int | None) -> None:
+        """Count calls from zero; the call after the ``max_calls``-th raises
+        :class:`NFEBudgetExceeded` (None: no limit)."""
+        self.calls = 0
+        self.max_calls = (1 << 62) if max_calls is None else int(max_calls)
 
     @property
     def seconds(self) -> float:
@@ -117,18 +137,21 @@ class TimedDenoiser(DenoiserWrapper):
         self._cpu_s = float(value)
 
     def forward(self, x, t, **cond):
+        d = self.__dict__
+        d["calls"] += 1
+        if d["calls"] > d["max_calls"]:
+            raise NFEBudgetExceeded(f"more than {d['max_calls']} model calls")
         if x.is_cuda:
             start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
             start.record()
-            out = self.inner(x, t, **cond)
+            out = self._call_inner(x, t, **cond)
             end.record()
             self._events.append((start, end))
             return out
-        import time
-
-        t0 = time.perf_counter()
-        out = self.inner(x, t, **cond)
-        self._cpu_s += time.perf_counter() - t0
+        t0 = _perf_counter()
+        out = self._call_inner(x, t, **cond)
+        # the instance dict directly: nn.Module.__setattr__ costs ~3 us a call in the hot loop
+        self.__dict__["_cpu_s"] += _perf_counter() - t0
         return out
 
 
@@ -158,9 +181,11 @@ class CountingDenoiser(DenoiserWrapper):
         self.forward_passes = 0
 
     def forward(self, x, t, **cond):
-        self.nfe += 1
-        self.forward_passes += getattr(self.inner, "forward_passes_per_call", 1)
-        return self.inner(x, t, **cond)
+        # the instance dict directly: nn.Module.__setattr__ costs ~3 us a call in the hot loop
+        d = self.__dict__
+        d["nfe"] += 1
+        d["forward_passes"] += d["forward_passes_per_call"]
+        return d["_call_inner"](x, t, **cond)
 
     def reset(self) -> None:
         self.nfe = 0

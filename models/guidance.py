@@ -31,6 +31,8 @@ Tensor = torch.Tensor
 
 def class_labels(seeds: Sequence[int], num_classes: int) -> Tensor:
     """Per-sample class labels from per-sample seeds: ``seed mod num_classes`` (int64 [n])."""
+    if isinstance(seeds, range):
+        return torch.arange(seeds.start, seeds.stop, seeds.step).remainder_(int(num_classes))
     return torch.as_tensor([int(s) % int(num_classes) for s in seeds], dtype=torch.long)
 
 

@@ -98,11 +98,14 @@ class CounterNormals:
     def __init__(self, seeds, n: int, device="cpu"):
         self.n = int(n)
         self.device = torch.device(device)
-        seeds = [int(s) for s in seeds]
-        if all(-(1 << 63) <= s < (1 << 63) for s in seeds):
-            keys = torch.tensor(seeds, dtype=torch.int64)
+        if (isinstance(seeds, range) and seeds.step == 1 and -(1 << 63) <= seeds.start
+                and seeds.stop <= (1 << 63)):
+            # the harness's case (consecutive seeds): no per-sample Python work
+            keys = torch.arange(seeds.start, seeds.stop, dtype=torch.int64)
         else:
-            keys = torch.tensor([_i64(s) for s in seeds], dtype=torch.int64)
+            seeds = [int(s) for s in seeds]
+            keys = torch.tensor(seeds if all(-(1 << 63) <= s < (1 << 63) for s in seeds)
+                                else [_i64(s) for s in seeds], dtype=torch.int64)
         self.keys = _mix64_(keys.to(self.device))
         pairs = (self.n + 1) // 2
         # (j + 1) * gamma mod 2^64: torch's int64 products wrap as two's complement
@@ -132,8 +135,10 @@ class CounterNormals:
 # seeds and initial noise
 # --------------------------------------------------------------------------------------------
 
-def sample_seeds(seed: int, n: int) -> list[int]:
-    return [int(seed) + i for i in range(n)]
+def sample_seeds(seed: int, n: int) -> range:
+    """The per-sample seeds of a cell: ``seed, seed + 1, ..., seed + n - 1`` (a ``range``: it
+    slices by shard and chunk without materialising a list)."""
+    return range(int(seed), int(seed) + int(n))
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, ...], dtype=torch.float64,
@@ -148,7 +153,9 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], dtype=torch.float64,
     return z.to(dtype=dtype)
 
 
-def _stream_seeds(seeds) -> list[int]:
+def _stream_seeds(seeds):
+    if isinstance(seeds, range):
+        return range(seeds.start + _STREAM_OFFSET, seeds.stop + _STREAM_OFFSET, seeds.step)
     return [int(s) + _STREAM_OFFSET for s in seeds]
 
 

@@ -284,6 +284,8 @@ def test_unknown_name_lists_choices_in_a_real_process():
     ('models = ["gmm:nope.json"]\nsolvers = ["euler"]\nsteps = [4]\n', "gmm:nope.json"),
     ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\ncompile = "tvm"\n', "compile"),
     ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\ncompile = 1\n', "compile"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\nmax_nfe = 0\n', "max_nfe"),
+    ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\nmax_nfe = "lots"\n', "max_nfe"),
 ])
 def test_malformed_spec(body, field, tmp_path, capsys):
     from bench.cli import main

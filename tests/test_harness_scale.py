@@ -137,3 +137,36 @@ def test_metric_switch_rejects_other_values(metrics):
 
     with pytest.raises(UserError, match="metrics"):
         parse_spec({"models": ["gmm2d"], "solvers": ["heun"], "steps": [8], "metrics": metrics})
+
+
+def test_nfe_budget_stops_a_runaway_solve_and_a_larger_budget_recomputes_it(tmp_path):
+    """max_nfe: a solve that needs more model calls is stopped and recorded as failed with the
+    budget in the row; the other cells are unaffected; a rerun with the same budget reuses the
+    row, a rerun with a larger one computes the cell again (one row per cell for readers)."""
+    from bench.runner import rows as run_rows
+    from bench.store import read_rows
+
+    raw = {"models": ["gmm2d"], "solvers": ["euler", "dopri5"], "steps": [8],
+           "tolerances": [1e-9], "samples": 8, "threads": 1,
+           "timing": {"warmup": 0, "repeats": 1},
+           "metrics": {"error": False, "nonconv": False, "weak": False}}
+    out = tmp_path / "b"
+    s1 = run_spec(parse_spec({**raw, "max_nfe": 40}), out, progress=False)
+    got = {r["solver"]: r for r in run_rows(out)}
+    assert got["euler"]["status"] == "ok" and got["euler"]["nfe"] == 8
+    assert got["euler"]["max_nfe"] == 40
+    d = got["dopri5"]
+    assert d["status"] == "failed" and d["message"].startswith("NFE budget: stopped after 40")
+    assert d["max_nfe"] == 40 and d["nfe"] is None
+    assert s1["computed"] == 2
+
+    s2 = run_spec(parse_spec({**raw, "max_nfe": 40}), out, progress=False)
+    assert s2["computed"] == 0                       # same budget: the failure stands
+
+    s3 = run_spec(parse_spec(raw), out, progress=False)      # no cap: dopri5 finishes
+    assert s3["computed"] == 1
+    assert len(read_rows(out / "rows.jsonl")) == 3               # append-only store
+    got = {r["solver"]: r for r in run_rows(out)}
+    assert len(run_rows(out)) == 2
+    assert got["dopri5"]["status"] == "ok" and got["dopri5"]["nfe"] > 40
+    assert got["dopri5"]["max_nfe"] is None
