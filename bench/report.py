@@ -149,7 +149,7 @@ def best_per_budget(df: pd.DataFrame, metric: str = "err_rms") -> pd.DataFrame:
     ok = df[(df["status"] == "ok") & df[metric].notna() & df["nfe"].notna()]
     recs = []
     for b in BUDGETS:
-        within = ok[ok["nfe"] <= b].sort_values(metric)
+        within = ok[ok["nfe"] <= b].sort_values([metric, "nfe", "label"], kind="stable")
         if within.empty:
             continue
         top = within.drop_duplicates("label").head(3)
@@ -173,8 +173,13 @@ def headline_table(df: pd.DataFrame, budgets=HEADLINE_BUDGETS) -> pd.DataFrame:
     for model, g in ok.groupby("model", sort=False):
         for b in budgets:
             within = g[g["nfe"] <= b]
-            best = within.sort_values("fid").drop_duplicates("label")
-            ranks = {lab: i + 1 for i, lab in enumerate(best["label"])}
+            # ties (e.g. ddim and dpm_solver_1, the same update) by NFE, then name: the table
+            # is a function of the rows alone
+            best = within.sort_values(["fid", "nfe", "label"], kind="stable").drop_duplicates(
+                "label")
+            # competition ranking: equal FIDs (the same samples) share a rank
+            fids = best["fid"].tolist()
+            ranks = {lab: 1 + sum(f < fid for f in fids) for lab, fid in zip(best["label"], fids)}
             cols[f"{model} ≤ {b} NFE"] = {
                 r["label"]: (r["fid"], f"{r['fid']:.1f} ({int(r['nfe'])}) #{ranks[r['label']]}")
                 for _, r in best.iterrows()}
@@ -182,7 +187,7 @@ def headline_table(df: pd.DataFrame, budgets=HEADLINE_BUDGETS) -> pd.DataFrame:
         return pd.DataFrame()
     first = next(iter(cols.values()))
     labels = sorted({lab for c in cols.values() for lab in c},
-                    key=lambda lab: first[lab][0] if lab in first else math.inf)
+                    key=lambda lab: (first[lab][0] if lab in first else math.inf, lab))
     table = pd.DataFrame({c: {lab: v[lab][1] if lab in v else "—" for lab in labels}
                           for c, v in cols.items()})
     return table.loc[labels]
@@ -226,12 +231,16 @@ def _style(i: int) -> dict:
 
 
 def _save(fig, path: Path) -> None:
-    """PNG for the Markdown / HTML report, SVG beside it for papers."""
+    """PNG for the Markdown / HTML report, SVG beside it for papers.  Both are byte-for-byte
+    functions of the rows: no creation date, fixed SVG element ids (a regenerated report differs
+    from the last only where the numbers do)."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     fig.savefig(path, dpi=130)
-    fig.savefig(path.with_suffix(".svg"))
+    with matplotlib.rc_context({"svg.hashsalt": "samplerbench"}):
+        fig.savefig(path.with_suffix(".svg"), metadata={"Date": None})
     plt.close(fig)
 
 

@@ -140,3 +140,11 @@ def test_headline_table_ranks_the_best_fid_within_each_budget():
     assert t.loc["heun", "digits-vp ≤ 40 NFE"] == "10.0 (31) #2"
     assert t.loc["euler", "digits-vp ≤ 40 NFE"] == "11.0 (32) #3"
     assert headline_table(df[df["model"] == "gmm64"]).empty
+    # equal FIDs (two names of one update give the same samples) share a rank; the order of
+    # tied rows is by name, whatever the row order or the hash seed
+    tie = pd.concat([df, pd.DataFrame([row("ddim", 8, 12.0)])])
+    for frame in (tie, tie.iloc[::-1]):
+        t = headline_table(frame, budgets=(10,))
+        assert list(t.index) == ["ddim", "dpmpp_2m", "euler", "heun"]
+        assert t.loc["ddim"].iloc[0] == "12.0 (8) #1" and t.loc["dpmpp_2m"].iloc[0] == "12.0 (8) #1"
+        assert t.loc["euler"].iloc[0] == "40.0 (8) #3"
