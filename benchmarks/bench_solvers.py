@@ -7,13 +7,14 @@ calls, at batch 1024 (issue 3 target: <= 1.10x for fixed-step solvers), on two c
 * ``mlp``: a small eps-prediction MLP (2 hidden layers of width 256) behind the checkpoint adapter,
   a few ms per call -- the regime of a small real model.
 
-Each model has its own baseline loop.  Writes results/perf/solver_overhead.md and .json."""
+Each solver is timed against its own baseline loop, interleaved round by round.  Writes results/perf/solver_overhead.md and .json."""
 
 from __future__ import annotations
 
 import json
-import math
 import platform
+import statistics
+import time
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from solvers.registry import available_solvers, solver_class
 
 BATCH, DIM, STEPS = 1024, 64, 32
 MODELS = ("elementwise", "mlp")
+ROUNDS = {"elementwise": 60, "mlp": 6}
 FIXED = [n for n in available_solvers()
          if not solver_class(n).adaptive and not solver_class(n).stochastic]
 _RESULTS: dict[str, dict[str, dict]] = {m: {} for m in MODELS}   # model -> entry -> figures
@@ -55,43 +57,37 @@ def setup():
     _write()
 
 
-def _ratio(model: str, name: str) -> float:
-    r = _RESULTS[model].get(name)
-    base = r and _RESULTS[model].get(f"baseline_{r['nfe']}")
-    return r["median_s"] / base["median_s"] if base else math.nan
-
-
 def _write():
     if not any(_RESULTS.values()):
         return
     PERF_DIR.mkdir(parents=True, exist_ok=True)
-    # JSON: one entry per solver and per baseline NFE, as before (nfe, median_s, ratio on the
-    # elementwise model), plus mlp_median_s / mlp_ratio for the MLP model
+    # JSON: one entry per solver: nfe, median_s, baseline_s, ratio on the elementwise model, and
+    # the same prefixed mlp_ for the MLP model
     out: dict[str, dict] = {}
     for model in MODELS:
         pre = "" if model == "elementwise" else f"{model}_"
         for name, r in _RESULTS[model].items():
             e = out.setdefault(name, {"nfe": r["nfe"]})
             e[f"{pre}median_s"] = r["median_s"]
-            if not name.startswith("baseline"):
-                e[f"{pre}ratio"] = _ratio(model, name)
+            e[f"{pre}baseline_s"] = r["baseline_s"]
+            e[f"{pre}ratio"] = r["median_s"] / r["baseline_s"]
     (PERF_DIR / "solver_overhead.json").write_text(
         json.dumps(dict(sorted(out.items())), indent=2, allow_nan=True))
 
-    def ms(model, key):
-        r = _RESULTS[model].get(key)
-        return f"{1e3 * r['median_s']:.2f}" if r else "-"
+    def cols(model, name):
+        r = _RESULTS[model].get(name)
+        if not r:
+            return "- | - | -"
+        return (f"{1e3 * r['median_s']:.2f} | {1e3 * r['baseline_s']:.2f} | "
+                f"{r['median_s'] / r['baseline_s']:.2f}")
 
-    def rt(model, name):
-        v = _ratio(model, name)
-        return "-" if math.isnan(v) else f"{v:.2f}"
-
-    names = sorted(n for n in out if not n.startswith("baseline"))
     lines = ["# Solver overhead vs a hand-written Euler loop (same NFE)", "",
              f"Batch {BATCH} x {DIM}, float32, EDM schedule, karras grid, {STEPS} steps, "
-             f"final = t_min; median of pytest-benchmark rounds. "
+             f"final = t_min. Each round times the solve and then its baseline, so the two are "
+             f"interleaved and drift of a shared machine cancels out of the ratio; medians over "
+             f"{ROUNDS['elementwise']} (elementwise) and {ROUNDS['mlp']} (mlp) rounds. "
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads.", "",
+             f"{torch.get_num_threads()} thread(s).", "",
              "- **elementwise**: the exact Gaussian denoiser (about one multiply per element): "
              "the ratio is the solver's arithmetic and per-step Python work on top of its "
              "model calls.",
@@ -101,12 +97,9 @@ def _write():
              "number of model calls.", "",
              "| solver | NFE | elementwise ms | baseline ms | ratio | mlp ms | baseline ms | ratio |",
              "|---|---|---|---|---|---|---|---|"]
-    for name in names:
-        nfe = out[name]["nfe"]
-        b = f"baseline_{nfe}"
-        lines.append(f"| {name} | {nfe} | {ms('elementwise', name)} | {ms('elementwise', b)} | "
-                     f"{rt('elementwise', name)} | {ms('mlp', name)} | {ms('mlp', b)} | "
-                     f"{rt('mlp', name)} |")
+    for name in sorted(out):
+        lines.append(f"| {name} | {out[name]['nfe']} | {cols('elementwise', name)} | "
+                     f"{cols('mlp', name)} |")
     (PERF_DIR / "solver_overhead.md").write_text("\n".join(lines) + "\n")
 
 
@@ -114,32 +107,24 @@ def _nfe_of(solver, den, grid, x):
     return solver.solve(solver.make_dynamics(den), x, grid).nfe
 
 
-def _run(benchmark, model: str, fn):
-    """pytest-benchmark's calibrated rounds on the elementwise model; on the MLP model (a solve
-    takes 0.1-1 s) a fixed 5 rounds after one warm-up round."""
-    if model == "elementwise":
-        benchmark(fn)
-    else:
-        benchmark.pedantic(fn, rounds=5, warmup_rounds=1, iterations=1)
-    return benchmark.stats.stats.median
-
-
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("name", FIXED)
 def test_solver_step_cost(benchmark, setup, model, name):
+    """pytest-benchmark times the solve; before each round (its ``setup``, untimed by it) the
+    baseline loop with the same NFE is timed by hand."""
     den, grid, x = setup(model)
     solver = get_solver(name)
     nfe = _nfe_of(solver, den, grid, x)
-    benchmark.group = f"{model} nfe={nfe}"
-    median = _run(benchmark, model, lambda: solver.solve(solver.make_dynamics(den), x, grid))
-    _RESULTS[model][name] = {"nfe": nfe, "median_s": median}
-
-
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("nfe", sorted({STEPS * k for k in (1, 2, 3, 4)}))
-def test_baseline_euler_loop(benchmark, setup, model, nfe):
-    den, grid, x = setup(model)
     ts = make_grid("karras", den.schedule, nfe, final="t_min").t.tolist()
+    base: list[float] = []
+
+    def baseline():
+        t0 = time.perf_counter()
+        euler_by_hand(den, x, ts)
+        base.append(time.perf_counter() - t0)
+
     benchmark.group = f"{model} nfe={nfe}"
-    median = _run(benchmark, model, lambda: euler_by_hand(den, x, ts))
-    _RESULTS[model][f"baseline_{nfe}"] = {"nfe": nfe, "median_s": median}
+    benchmark.pedantic(lambda: solver.solve(solver.make_dynamics(den), x, grid),
+                       setup=baseline, rounds=ROUNDS[model], warmup_rounds=2)
+    _RESULTS[model][name] = {"nfe": nfe, "median_s": benchmark.stats.stats.median,
+                             "baseline_s": statistics.median(base)}
