@@ -42,7 +42,7 @@ PERF_MALLOC := MALLOC_TRIM_THRESHOLD_=268435456 MALLOC_MMAP_THRESHOLD_=268435456
 perf: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PERF_MALLOC) $(BIN)/python -m pytest -q -p no:cacheprovider benchmarks --benchmark-only -o python_files="bench_*.py" --benchmark-columns=median,iqr,rounds
 
-# The larger published matrix (about 40 min on 2 cores; resumable), its report, and the README's
+# The larger published matrix (about 1.5 h on 2 cores; resumable), its report, and the README's
 # headline table spliced from results/full/report/headline.md.
 full: $(STAMP)
 	$(BIN)/torchrun --standalone --nproc_per_node=2 -m bench run bench/matrices/full.toml --out results/full
