@@ -53,11 +53,13 @@ def declared_order(name: str) -> float | None:
 
 
 def load_frame(run_dir: str | Path) -> pd.DataFrame:
-    rows = latest_rows(read_rows(Path(run_dir) / "rows.jsonl"))
+    raw = read_rows(Path(run_dir) / "rows.jsonl")
+    rows = latest_rows(raw)
     if not rows:
         raise UserError("report DIR", str(run_dir), hint="no rows.jsonl with results there; "
                         "run `samplerbench run SPEC --out DIR` first")
     df = pd.DataFrame(rows)
+    df.attrs["superseded"] = len(raw) - len(rows)      # older rows of cells computed again
     df["label"] = [solver_label(s, p) + (f" [{n}]" if isinstance(n, str) else "")
                    for s, p, n in zip(df["solver"], df["solver_params"], df["noise"])]
     if "guidance" in df and df["guidance"].notna().any():        # a guidance axis
@@ -357,7 +359,9 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
     md = [f"# samplerbench report: {spec.get('name', run_dir.name)}", ""]
     if spec.get("description"):
         md += [spec["description"], ""]
-    md += [f"- rows: {len(df)} ({', '.join(f'{v} {k}' for k, v in df['status'].value_counts().items())})",
+    sup = df.attrs.get("superseded", 0)
+    md += [f"- rows: {len(df)} ({', '.join(f'{v} {k}' for k, v in df['status'].value_counts().items())})"
+           + (f"; {sup} older rows of the same cells in rows.jsonl superseded" if sup else ""),
            f"- samples per cell: {spec.get('samples')}, seed: {spec.get('seed')} (sample i uses seed + i), "
            f"dtype: {spec.get('dtype')}, final: {spec.get('final')}",
            f"- reference: dopri8 in float64, rtol = {spec.get('ref_rtol')}, atol = {spec.get('ref_atol')}",

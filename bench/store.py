@@ -49,15 +49,27 @@ def over_budget(row: dict) -> bool:
     return row.get("status") == "failed" and str(row.get("message", "")).startswith(BUDGET_MESSAGE)
 
 
+# the fields that make a cell (Cell.config); a row's case_id is a hash of them, but the hash's
+# inputs have grown over versions (state_dtype, compile), so readers compare the fields
+CELL_FIELDS = ("model", "solver", "solver_params", "grid", "grid_params", "final", "steps",
+               "n_samples", "seed", "noise", "guidance", "dtype", "state_dtype", "device",
+               "compile")
+
+
+def cell_key(row: dict) -> str:
+    """What cell a row is of, independent of the case_id scheme that wrote it."""
+    return json.dumps([row.get(k) for k in CELL_FIELDS], sort_keys=True, default=str)
+
+
 def latest_rows(rows: list[dict]) -> list[dict]:
-    """One row per cell: where a cell was computed again (a larger ``max_nfe``), its last row,
-    at the position of the first."""
+    """One row per cell: where a cell was computed again (a larger ``max_nfe``, or a rerun by a
+    newer version whose case_id differs), its last row, at the position of the first."""
     last: dict = {}
-    for i, r in enumerate(rows):
-        last[r.get("case_id", i)] = r
+    keys = [cell_key(r) for r in rows]
+    for k, r in zip(keys, rows):
+        last[k] = r
     seen, out = set(), []
-    for i, r in enumerate(rows):
-        k = r.get("case_id", i)
+    for k in keys:
         if k not in seen:
             seen.add(k)
             out.append(last[k])

@@ -148,3 +148,22 @@ def test_headline_table_ranks_the_best_fid_within_each_budget():
         assert list(t.index) == ["ddim", "dpmpp_2m", "euler", "heun"]
         assert t.loc["ddim"].iloc[0] == "12.0 (8) #1" and t.loc["dpmpp_2m"].iloc[0] == "12.0 (8) #1"
         assert t.loc["euler"].iloc[0] == "40.0 (8) #3"
+
+
+def test_report_reads_the_latest_row_of_each_cell(tmp_path):
+    """rows.jsonl is append-only: a cell computed again (a newer version whose case_id scheme
+    differs, or a larger max_nfe) has several rows; the report uses the last of each cell and
+    says how many it superseded."""
+    out = tmp_path / "run"
+    assert main(["run", "--models", "gmm64", "--solvers", "euler,heun", "--steps", "4,8",
+                 "--samples", "8", "--dtype", "float64", "--out", str(out), "--quiet"]) == 0
+    rows = _rows(out)
+    stale = dict(rows[0], case_id="0000000000000000", err_rms=123.0, git_sha="old")
+    lines = (out / "rows.jsonl").read_text()
+    # the stale row first (written by an older version), the current rows after it
+    (out / "rows.jsonl").write_text(json.dumps(stale) + "\n" + lines)
+    assert main(["report", str(out), "--format", "csv,md"]) == 0
+    csv = pd.read_csv(out / "report" / "rows.csv")
+    assert len(csv) == 4 and 123.0 not in set(csv["err_rms"])
+    assert "1 older rows of the same cells in rows.jsonl superseded" in (
+        out / "report" / "README.md").read_text()
