@@ -383,10 +383,12 @@ class Runner:
             local["mem"], local["mem_kind"] = peak.stop()
             local.update(status=sol.status, message=sol.message or note, nfe=sol.nfe,
                          fp=sol.forward_passes, wall=wall, x=sol.x.detach().cpu(), model=model_s)
-        except NFEBudgetExceeded:
+        except NFEBudgetExceeded as exc:
+            where = ("" if exc.t is None else f", at t = {exc.t:.4g} on the way from "
+                     f"{grid.t_start:.4g} to {grid.t_end:.4g}")
             local.update(status="failed", message=(
                 f"NFE budget: stopped after {self.spec.max_nfe} model calls (spec max_nfe) "
-                f"before the solve finished"))
+                f"before the solve finished{where}"))
         except Exception as exc:  # recorded, and the other ranks learn of it below
             tb = traceback.extract_tb(exc.__traceback__)
             where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""

@@ -98,7 +98,12 @@ class CastDenoiser(DenoiserWrapper):
 
 
 class NFEBudgetExceeded(RuntimeError):
-    """A solve made more model calls than its budget (the spec's ``max_nfe``)."""
+    """A solve made more model calls than its budget (the spec's ``max_nfe``); ``t`` is the time
+    of the call that went over (how far the solve had got)."""
+
+    def __init__(self, message: str, t: float | None = None):
+        super().__init__(message)
+        self.t = t
 
 
 class TimedDenoiser(DenoiserWrapper):
@@ -140,7 +145,8 @@ class TimedDenoiser(DenoiserWrapper):
         d = self.__dict__
         d["calls"] += 1
         if d["calls"] > d["max_calls"]:
-            raise NFEBudgetExceeded(f"more than {d['max_calls']} model calls")
+            tt = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) and t.numel() else None
+            raise NFEBudgetExceeded(f"more than {d['max_calls']} model calls", tt)
         if x.is_cuda:
             start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
             start.record()

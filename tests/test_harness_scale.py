@@ -157,6 +157,8 @@ def test_nfe_budget_stops_a_runaway_solve_and_a_larger_budget_recomputes_it(tmp_
     assert got["euler"]["max_nfe"] == 40
     d = got["dopri5"]
     assert d["status"] == "failed" and d["message"].startswith("NFE budget: stopped after 40")
+    t_at = float(d["message"].split("at t = ")[1].split()[0])     # how far the solve got
+    assert 0.002 - 1e-12 <= t_at <= 80.0 and "from 80 to 0.002" in d["message"]
     assert d["max_nfe"] == 40 and d["nfe"] is None
     assert s1["computed"] == 2
 
