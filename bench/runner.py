@@ -23,7 +23,7 @@ from bench.metrics import (PeakMemory, error_metrics, frechet_gaussian, nonconv,
                            swd, timed)
 from bench.progress import Progress
 from bench.spec import NamedParams, Spec
-from bench.store import RowStore, latest_rows, read_rows
+from bench.store import BUDGET_MESSAGE, RowStore, latest_rows, read_rows
 from models.denoiser import (CastDenoiser, CompiledDenoiser, NFEBudgetExceeded,
                              TimedDenoiser)
 from models.errors import UserError
@@ -39,6 +39,13 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 class _CellFailed(RuntimeError):
     """A solve failed on some rank; the message is the one to record."""
+
+
+def _failure(exc: BaseException) -> str:
+    """A failed cell's message: the exception and where it was raised (file:line)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -345,16 +352,13 @@ class Runner:
                 # samples are independent (per-sample seeds): solving the share in chunks gives
                 # the same samples; used after an out-of-memory error
                 tden.seconds = 0.0
-                def part(x, s, c):
+                def part(a, b):
                     tden.budget(self.spec.max_nfe)         # the NFE cap is per solve
-                    return self._solve(solver, tden, grid, x, s, cell.noise, c)
+                    return self._solve(solver, tden, grid, xs[a:b], ss[a:b], cell.noise,
+                                       {k: v[a:b] for k, v in local_cond.items()})
 
-                if chunks == 1:
-                    sols = [part(xs, ss, local_cond)]
-                else:
-                    bounds = [len(ss) * i // chunks for i in range(chunks + 1)]
-                    sols = [part(xs[a:b], ss[a:b], {k: v[a:b] for k, v in local_cond.items()})
-                            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+                bounds = [len(ss) * i // chunks for i in range(chunks + 1)]
+                sols = [part(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
                 walls.append(tden.seconds)
                 bad = next((q for q in sols if q.status != "ok"), None)
                 first = sols[0]
@@ -387,12 +391,10 @@ class Runner:
             where = ("" if exc.t is None else f", at t = {exc.t:.4g} on the way from "
                      f"{grid.t_start:.4g} to {grid.t_end:.4g}")
             local.update(status="failed", message=(
-                f"NFE budget: stopped after {self.spec.max_nfe} model calls (spec max_nfe) "
+                f"{BUDGET_MESSAGE} stopped after {self.spec.max_nfe} model calls (spec max_nfe) "
                 f"before the solve finished{where}"))
         except Exception as exc:  # recorded, and the other ranks learn of it below
-            tb = traceback.extract_tb(exc.__traceback__)
-            where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-            local.update(status="failed", message=f"{type(exc).__name__}: {exc}{where}")
+            local.update(status="failed", message=_failure(exc))
         if self.dist.world == 1:
             if local["status"] == "failed":
                 raise _CellFailed(local["message"])
@@ -482,9 +484,7 @@ class Runner:
         except _CellFailed as exc:  # the solve failed (its message says where)
             row.update(status="failed", message=str(exc))
         except Exception as exc:  # the cell fails, the matrix goes on
-            tb = traceback.extract_tb(exc.__traceback__)
-            where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-            row.update(status="failed", message=f"{type(exc).__name__}: {exc}{where}")
+            row.update(status="failed", message=_failure(exc))
         return row
 
     def _lock(self):

@@ -8,7 +8,6 @@ import math
 import textwrap
 
 import pandas as pd
-import pytest
 
 from bench.cli import main
 

@@ -33,15 +33,6 @@ def coeffs(schedule, t: float) -> tuple[float, float]:
     return float(schedule.alpha(t)), float(schedule.sigma(t))
 
 
-def ddim_step(schedule, x0, eps, t1: float):
-    """First-order exponential-integrator step from (x0_hat, eps_hat): alpha_1 x0 + sigma_1 eps.
-
-    It equals (alpha_1/alpha_0) x - sigma_1 expm1(h) eps (noise form) and
-    (sigma_1/sigma_0) x - alpha_1 expm1(-h) x0 (data form) without dividing by alpha_0."""
-    a1, s1 = coeffs(schedule, t1)
-    return a1 * x0 + s1 * eps
-
-
 @dataclass(frozen=True)
 class DPMSolverSinglestep(Solver):
     """Shared loop body of DPM-Solver-k; subclasses fix the order (1, 2, 3)."""

@@ -14,20 +14,12 @@ from typing import ClassVar
 
 from solvers.base import Solver
 from solvers.diffusion import fused
-from solvers.diffusion.dpm_solver import coeffs, t_of_lam
+from solvers.diffusion.dpm_solver import t_of_lam
 from solvers.diffusion.fused import lincomb, prime
 from solvers.registry import register_solver
 
 _REFERENCE = ("Lu, Zhou, Bao, Chen, Li & Zhu 2022, DPM-Solver++: Fast Solver for Guided Sampling "
               "of Diffusion Probabilistic Models; Crowson, k-diffusion")
-
-
-def data_step(schedule, t0: float, t1: float, x, x0_hat, h: float):
-    """(sigma_1/sigma_0) x + alpha_1 (1 - e^{-h}) x0_hat with h = lambda(t1) - lambda(t0), which
-    may be inf (alpha(t0) = 0)."""
-    a1, s1 = coeffs(schedule, t1)
-    _, s0 = coeffs(schedule, t0)
-    return (s1 / s0) * x + (a1 * -math.expm1(-h)) * x0_hat
 
 
 def data_coefs(dynamics, t0: float, t1: float, h: float) -> tuple[float, float]:
