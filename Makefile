@@ -45,7 +45,7 @@ perf: $(STAMP)
 # The larger published matrix (about 1.5 h on 2 cores; resumable), its report, and the README's
 # headline table spliced from results/full/report/headline.md.
 full: $(STAMP)
-	$(BIN)/torchrun --standalone --nproc_per_node=2 -m bench run bench/matrices/full.toml --out results/full
+	$(BIN)/torchrun --standalone --nproc_per_node=2 -m samplerbench run bench/matrices/full.toml --out results/full
 	$(BIN)/samplerbench report results/full --format md,csv,html,latex,parquet
 	$(MAKE) headline
 

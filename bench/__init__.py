@@ -1,1 +1,1 @@
-"""The harness: matrix spec, runner, metrics, store, reports and the CLI (``python -m bench``)."""
+"""The harness: matrix spec, runner, metrics, store, reports and the CLI (``python -m samplerbench``)."""

@@ -1,4 +1,4 @@
-"""``samplerbench`` / ``python -m bench``: a thin CLI over the library.
+"""``samplerbench`` / ``python -m samplerbench``: a thin CLI over the library.
 
 Every command parses, makes one library call, prints.  Bad input exits with status 2 and one line
 that names the field, the value and the valid choices.
@@ -10,7 +10,7 @@ import argparse
 import ast
 import sys
 
-from models.errors import UserError
+from samplerbench.models.errors import UserError
 
 EXAMPLES = """examples:
   samplerbench list solvers
@@ -54,7 +54,7 @@ def _kv(items, field: str) -> dict:
 def cmd_list(args) -> int:
     what = args.what
     if what in ("solvers", "all"):
-        from solvers.registry import available_solvers, solver_class
+        from samplerbench.solvers.registry import available_solvers, solver_class
 
         print(f"{'solver':<20} {'kind':<4} {'order':>5} {'NFE/step':>8} {'adaptive':>8}  reference")
         for name in available_solvers():
@@ -68,7 +68,7 @@ def cmd_list(args) -> int:
         if what == "all":
             print()
     if what in ("models", "all"):
-        from models.zoo import model_entries
+        from samplerbench.models.zoo import model_entries
 
         print(f"{'model':<16} {'schedule':<10} description")
         for e in model_entries():
@@ -77,7 +77,7 @@ def cmd_list(args) -> int:
         if what == "all":
             print()
     if what in ("grids", "all"):
-        from solvers.grids import available_grids, grid_doc
+        from samplerbench.solvers.grids import available_grids, grid_doc
 
         print(f"{'grid':<16} {'params':<20} description")
         for name in available_grids():
@@ -89,10 +89,10 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from bench.runner import run_spec
+    from samplerbench.bench.runner import run_spec
     import dataclasses
 
-    from bench.spec import (load_spec, parse_compile, parse_csv_floats, parse_csv_ints,
+    from samplerbench.bench.spec import (load_spec, parse_compile, parse_csv_floats, parse_csv_ints,
                             parse_spec)
 
     if args.spec and (args.models or args.solvers):
@@ -135,7 +135,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from bench.sample import sample_to_npz
+    from samplerbench.bench.sample import sample_to_npz
 
     opts = _kv(args.solver_opt, "--solver-opt")
     info = sample_to_npz(args.model, args.solver, steps=args.steps, grid=args.grid,
@@ -146,7 +146,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench.report import write_report
+    from samplerbench.bench.report import write_report
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out = write_report(args.dir, formats)
@@ -156,11 +156,11 @@ def cmd_report(args) -> int:
 
 def trainable() -> dict:
     """Names `samplerbench train` reproduces -> a function(out_dir, seed) -> checkpoint path."""
-    from bench.fid import FEATURES_NAME, train_features
+    from samplerbench.bench.fid import FEATURES_NAME, train_features
 
     names = {FEATURES_NAME: lambda out_dir, seed: train_features(out_dir, seed=seed)}
     try:
-        from models.train import TRAINABLE, train
+        from samplerbench.models.train import TRAINABLE, train
     except ImportError:
         return names
     for n in TRAINABLE:
@@ -180,7 +180,7 @@ def cmd_train(args) -> int:
 def cmd_preview(args) -> int:
     from pathlib import Path
 
-    from models.train import preview
+    from samplerbench.models.train import preview
 
     out = Path(args.out)
     for model in [m for m in args.models.split(",") if m]:
@@ -193,7 +193,7 @@ def cmd_preview(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from bench.conformance import check_solver
+    from samplerbench.bench.conformance import check_solver
 
     rep = check_solver(args.name, _kv(args.solver_opt, "--solver-opt"), model=args.model)
     print(rep.format())

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.metrics import fit_order, per_sample_rms
-from models.gmm import GMMDenoiser
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid, make_noise
-from solvers.classical.adaptive import reference_solve
-from solvers.noise import sample_seeds
+from samplerbench.bench.metrics import fit_order, per_sample_rms
+from samplerbench.models.gmm import GMMDenoiser
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid, make_noise
+from samplerbench.solvers.classical.adaptive import reference_solve
+from samplerbench.solvers.noise import sample_seeds
 
 ORDER_TOLERANCE = 0.35
 

@@ -3,7 +3,7 @@
 Every rank runs every cell on its contiguous share of the samples; per-sample seeds make the
 union identical to a one-process run.  Results are gathered to rank 0, which computes the
 metrics and alone writes ``rows.jsonl`` and ``run.json``.  Multi-node works the same way
-(``torchrun --nnodes N --node_rank R --rdzv_endpoint HOST:PORT -m bench run SPEC``).
+(``torchrun --nnodes N --node_rank R --rdzv_endpoint HOST:PORT -m samplerbench run SPEC``).
 """
 
 from __future__ import annotations

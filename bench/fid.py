@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.metrics import frechet_moments as frechet_distance  # noqa: F401  (re-exported)
-from models.errors import UserError
+from samplerbench.bench.metrics import frechet_moments as frechet_distance  # noqa: F401  (re-exported)
+from samplerbench.models.errors import UserError
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
 FEATURES_NAME = "digits-features"
@@ -72,7 +72,7 @@ class DigitsFeatures(nn.Module):
 
 
 def _digits01():
-    from models.gmm import digits_data
+    from samplerbench.models.gmm import digits_data
 
     x, y = digits_data(scale=False)                 # pixel values 0..16
     return (x / 16.0).reshape(-1, 1, 8, 8).float(), y

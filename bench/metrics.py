@@ -174,7 +174,7 @@ def strong_reference(solver, denoiser, x_init: torch.Tensor, seeds, grid, steps:
     The solver's strong order caps how fast its own reference converges: with the same
     first-order solver at 16x the largest step count, the reference error is ~1/16 of the
     smallest error measured."""
-    from solvers import make_grid, make_noise
+    from samplerbench.solvers import make_grid, make_noise
 
     if grid.name == "list":
         raise ValueError("a 'list' grid has no family to refine; give a grid by name")

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.metrics import fit_order, fit_order_ci, pareto_front
-from bench.store import latest_rows, read_rows
-from models.errors import UserError
+from samplerbench.bench.metrics import fit_order, fit_order_ci, pareto_front
+from samplerbench.bench.store import latest_rows, read_rows
+from samplerbench.models.errors import UserError
 
 FORMATS = ("md", "csv", "html", "latex", "parquet")
 
 
 def _solver_defaults(name: str) -> dict | None:
     try:
-        from solvers.registry import get_solver
+        from samplerbench.solvers.registry import get_solver
 
         return get_solver(name).params()
     except Exception:  # a plugin absent at report time: show all params
@@ -44,7 +44,7 @@ def solver_label(name: str, params: dict | None) -> str:
 
 def declared_order(name: str) -> float | None:
     try:
-        from solvers.registry import solver_class
+        from samplerbench.solvers.registry import solver_class
 
         cls = solver_class(name)
         return cls.order if cls.kind == "ode" else cls.strong_order
@@ -131,7 +131,7 @@ def order_table(df: pd.DataFrame) -> pd.DataFrame:
         params = g["solver_params"].iloc[0] or {}
         if "solver_order" in params:                        # declared order is per instance
             try:
-                from solvers.registry import get_solver
+                from samplerbench.solvers.registry import get_solver
 
                 declared = get_solver(solver, **params).order
             except Exception:

@@ -17,21 +17,21 @@ from pathlib import Path
 
 import torch
 
-from bench.distributed import Dist
-from bench.env import environment, git_sha
-from bench.metrics import (PeakMemory, error_metrics, frechet_gaussian, nonconv, strong_reference,
+from samplerbench.bench.distributed import Dist
+from samplerbench.bench.env import environment, git_sha
+from samplerbench.bench.metrics import (PeakMemory, error_metrics, frechet_gaussian, nonconv, strong_reference,
                            swd, timed)
-from bench.progress import Progress
-from bench.spec import NamedParams, Spec
-from bench.store import BUDGET_MESSAGE, RowStore, latest_rows, read_rows
-from models.denoiser import (CastDenoiser, CompiledDenoiser, NFEBudgetExceeded,
+from samplerbench.bench.progress import Progress
+from samplerbench.bench.spec import NamedParams, Spec
+from samplerbench.bench.store import BUDGET_MESSAGE, RowStore, latest_rows, read_rows
+from samplerbench.models.denoiser import (CastDenoiser, CompiledDenoiser, NFEBudgetExceeded,
                              TimedDenoiser)
-from models.errors import UserError
-from models.guidance import class_labels, conditional_models, guided
-from models.zoo import is_analytic, load_model, model_entry
-from solvers import Solution, get_solver, initial_noise, make_grid, make_noise
-from solvers.classical.adaptive import reference_solve
-from solvers.noise import sample_seeds
+from samplerbench.models.errors import UserError
+from samplerbench.models.guidance import class_labels, conditional_models, guided
+from samplerbench.models.zoo import is_analytic, load_model, model_entry
+from samplerbench.solvers import Solution, get_solver, initial_noise, make_grid, make_noise
+from samplerbench.solvers.classical.adaptive import reference_solve
+from samplerbench.solvers.noise import sample_seeds
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
@@ -302,7 +302,7 @@ class Runner:
         elif dataset == "digits":
             kid = getattr(self.spec, "kid", False)
             if self._fid is None and (x.shape[0] >= 128 or kid):
-                from bench.fid import DigitsFID
+                from samplerbench.bench.fid import DigitsFID
 
                 self._fid = DigitsFID(cache_dir=self.out / "cache", kid=kid,
                                       features=getattr(self.spec, "fid_features", "auto"))
@@ -312,7 +312,7 @@ class Runner:
             if kid and x.shape[0] >= 2:                      # kid, kid_std, kid_protocol
                 out.update(self._fid.kid(x))
         elif dataset is not None:
-            from models.data import toy_2d
+            from samplerbench.models.data import toy_2d
 
             key = ("data", dataset)
             if key not in self._refs:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.runner import DTYPES, resolve_device
-from models.errors import UserError
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid, make_noise
-from solvers.noise import NOISE_MODES, sample_seeds
+from samplerbench.bench.runner import DTYPES, resolve_device
+from samplerbench.models.errors import UserError
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid, make_noise
+from samplerbench.solvers.noise import NOISE_MODES, sample_seeds
 
 
 def draw(model: str, solver: str, steps: int, grid: str = "karras", final: str = "zero",

@@ -51,7 +51,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.errors import UserError
+from samplerbench.models.errors import UserError
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "mps", "auto")
@@ -150,9 +150,9 @@ def _named(key: str, entries: list) -> list[NamedParams]:
 
 def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     """Validate a spec dict (parsed TOML) completely; return a :class:`Spec`."""
-    from models.zoo import available_models, load_model
-    from solvers import NOISE_MODES, get_solver, make_grid
-    from solvers.grids import FINALS
+    from samplerbench.models.zoo import available_models, load_model
+    from samplerbench.solvers import NOISE_MODES, get_solver, make_grid
+    from samplerbench.solvers.grids import FINALS
 
     if not isinstance(raw, dict):
         raise UserError("spec", type(raw).__name__, hint="expected a TOML table")
@@ -240,7 +240,7 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     for key in ("nonconv", "error"):          # "analytic": only for exact (analytic) denoisers
         if not (isinstance(metrics.get(key, True), bool) or metrics[key] == "analytic"):
             raise UserError(f"metrics.{key}", metrics[key], ["true", "false", "analytic"])
-    from bench.fid import FID_FEATURES, inception_weights
+    from samplerbench.bench.fid import FID_FEATURES, inception_weights
 
     fid_features = metrics.get("fid_features", "auto")
     if fid_features not in FID_FEATURES:

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from benchmarks.conftest import PERF_DIR
-from models.denoiser import CompiledDenoiser
-from models.zoo import load_model
+from samplerbench.models.denoiser import CompiledDenoiser
+from samplerbench.models.zoo import load_model
 
 MODEL, BATCH = "digits-vp", 256
 _R: dict = {}

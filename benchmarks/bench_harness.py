@@ -20,13 +20,13 @@ import time
 import pytest
 import torch
 
-from bench.runner import Runner, expand_cells
-from bench.spec import parse_spec
+from samplerbench.bench.runner import Runner, expand_cells
+from samplerbench.bench.spec import parse_spec
 from benchmarks.cheap import GaussianDenoiser, euler_by_hand, mlp_denoiser
 from benchmarks.conftest import PERF_DIR
-from models.schedules import make_schedule
-from solvers import get_solver, initial_noise, make_grid
-from solvers.noise import sample_seeds
+from samplerbench.models.schedules import make_schedule
+from samplerbench.solvers import get_solver, initial_noise, make_grid
+from samplerbench.solvers.noise import sample_seeds
 
 BATCH, DIM, STEPS = 1024, 64, 32
 MODELS = {"elementwise": lambda: GaussianDenoiser(make_schedule("edm"), DIM),

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from benchmarks.conftest import PERF_DIR
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid, make_noise
-from solvers.noise import sample_seeds
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid, make_noise
+from samplerbench.solvers.noise import sample_seeds
 
 BATCH, STEPS = 1024, 32
 DTYPES = {"float64": torch.float64, "float32": torch.float32}

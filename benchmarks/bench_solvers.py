@@ -21,9 +21,9 @@ import torch
 
 from benchmarks.cheap import GaussianDenoiser, euler_by_hand, mlp_denoiser
 from benchmarks.conftest import PERF_DIR
-from models.schedules import make_schedule
-from solvers import get_solver, make_grid
-from solvers.registry import available_solvers, solver_class
+from samplerbench.models.schedules import make_schedule
+from samplerbench.solvers import get_solver, make_grid
+from samplerbench.solvers.registry import available_solvers, solver_class
 
 BATCH, DIM, STEPS = 1024, 64, 32
 MODELS = ("elementwise", "mlp")

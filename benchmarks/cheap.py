@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from models.conversions import expand_like
-from models.denoiser import Denoiser
+from samplerbench.models.conversions import expand_like
+from samplerbench.models.denoiser import Denoiser
 
 
 class GaussianDenoiser(Denoiser):
@@ -55,7 +55,7 @@ class MLPEps(torch.nn.Module):
 def mlp_denoiser(schedule, dim: int = 64, hidden: int = 256, seed: int = 0) -> Denoiser:
     """The MLP above behind the same adapter as a shipped eps-prediction checkpoint
     (``PredictionDenoiser`` over ``DtypeNet``: no autograd, eps -> x0 conversion per call)."""
-    from models.denoiser import PredictionDenoiser
-    from models.nets import DtypeNet
+    from samplerbench.models.denoiser import PredictionDenoiser
+    from samplerbench.models.nets import DtypeNet
 
     return PredictionDenoiser(DtypeNet(MLPEps(dim, hidden, seed)), schedule, "eps", (dim,))

@@ -66,10 +66,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models.denoiser import Denoiser, PredictionDenoiser
-from models.errors import UserError
-from models.nets import DtypeCopies, quiet_diffusers
-from models.schedules import Schedule, _as_tensor, make_schedule
+from samplerbench.models.denoiser import Denoiser, PredictionDenoiser
+from samplerbench.models.errors import UserError
+from samplerbench.models.nets import DtypeCopies, quiet_diffusers
+from samplerbench.models.schedules import Schedule, _as_tensor, make_schedule
 
 Tensor = torch.Tensor
 

@@ -73,7 +73,7 @@ def to_x0(prediction: str, out, x, alpha, sigma, d_alpha=None, d_sigma=None):
         return x0_from_v(x, out, alpha, sigma)
     if prediction == "velocity":
         return x0_from_velocity(x, out, alpha, sigma, d_alpha, d_sigma)
-    from models.errors import UserError
+    from samplerbench.models.errors import UserError
 
     raise UserError("prediction", prediction, PREDICTIONS)
 
@@ -91,6 +91,6 @@ def from_x0(prediction: str, x0, x, alpha, sigma, d_alpha=None, d_sigma=None):
         return v_from_x0_eps(x0, eps, alpha, sigma)
     if prediction == "velocity":
         return velocity_from_x0_eps(x0, eps, d_alpha, d_sigma)
-    from models.errors import UserError
+    from samplerbench.models.errors import UserError
 
     raise UserError("prediction", prediction, PREDICTIONS)

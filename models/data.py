@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from models.errors import UserError
+from samplerbench.models.errors import UserError
 
 Tensor = torch.Tensor
 
@@ -70,7 +70,7 @@ def toy_2d(name: str, n: int, seed: int = 0) -> Tensor:
 
 def digits(dtype=torch.float32) -> tuple[Tensor, Tensor]:
     """All 1797 digits as ([N, 1, 8, 8] in [-1, 1], labels [N] int64)."""
-    from models.gmm import digits_data
+    from samplerbench.models.gmm import digits_data
 
     x, y = digits_data()
     return x.reshape(-1, 1, 8, 8).to(dtype), y.long()

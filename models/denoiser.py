@@ -7,9 +7,9 @@ from typing import Callable
 
 import torch
 
-from models.conversions import PREDICTIONS, expand_like, to_x0
-from models.errors import UserError
-from models.schedules import Schedule
+from samplerbench.models.conversions import PREDICTIONS, expand_like, to_x0
+from samplerbench.models.errors import UserError
+from samplerbench.models.schedules import Schedule
 
 Tensor = torch.Tensor
 

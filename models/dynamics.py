@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from models.conversions import eps_from_x0, expand_like, velocity_from_x0_eps
-from models.denoiser import CountingDenoiser, Denoiser
+from samplerbench.models.conversions import eps_from_x0, expand_like, velocity_from_x0_eps
+from samplerbench.models.denoiser import CountingDenoiser, Denoiser
 
 Tensor = torch.Tensor
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from models.conversions import expand_like
-from models.denoiser import Denoiser
-from models.errors import UserError
-from models.schedules import SCHEDULES, Schedule, make_schedule
+from samplerbench.models.conversions import expand_like
+from samplerbench.models.denoiser import Denoiser
+from samplerbench.models.errors import UserError
+from samplerbench.models.schedules import SCHEDULES, Schedule, make_schedule
 
 Tensor = torch.Tensor
 

@@ -23,8 +23,8 @@ from typing import Sequence
 
 import torch
 
-from models.denoiser import Denoiser, DenoiserWrapper
-from models.errors import UserError
+from samplerbench.models.denoiser import Denoiser, DenoiserWrapper
+from samplerbench.models.errors import UserError
 
 Tensor = torch.Tensor
 
@@ -38,7 +38,7 @@ def class_labels(seeds: Sequence[int], num_classes: int) -> Tensor:
 
 def conditional_models() -> list[str]:
     """Registered models that take class labels (and so accept guidance)."""
-    from models.zoo import model_entries
+    from samplerbench.models.zoo import model_entries
 
     return [e.name for e in model_entries() if getattr(e, "num_classes", None)]
 
@@ -107,7 +107,7 @@ def guided(model: str | Denoiser, w: float, labels: Sequence[int] | Tensor | Non
 
     A model without class labels raises ``UserError`` naming the conditional models."""
     if isinstance(model, str):
-        from models.zoo import load_model
+        from samplerbench.models.zoo import load_model
 
         den = load_model(model)
         if not getattr(den, "num_classes", None):

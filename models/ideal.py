@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from models.denoiser import Denoiser
-from models.schedules import Schedule
+from samplerbench.models.denoiser import Denoiser
+from samplerbench.models.schedules import Schedule
 
 Tensor = torch.Tensor
 

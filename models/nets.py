@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.errors import UserError
+from samplerbench.models.errors import UserError
 
 Tensor = torch.Tensor
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -224,8 +224,8 @@ def load_checkpoint(name: str, directory: str | Path | None = None):
     """The shipped checkpoint ``name`` as a :class:`models.denoiser.PredictionDenoiser`."""
     from safetensors.torch import load_file
 
-    from models.denoiser import PredictionDenoiser
-    from models.schedules import make_schedule
+    from samplerbench.models.denoiser import PredictionDenoiser
+    from samplerbench.models.schedules import make_schedule
 
     card = read_card(name, directory)
     net = build_net(card["net"])

@@ -300,7 +300,7 @@ SCHEDULES: dict[str, type[Schedule]] = {
 
 def make_schedule(name: str, **params) -> Schedule:
     """Build a schedule by name; unknown names and parameters raise ``UserError``."""
-    from models.errors import UserError
+    from samplerbench.models.errors import UserError
 
     if name not in SCHEDULES:
         raise UserError("schedule", name, sorted(SCHEDULES))

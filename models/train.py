@@ -31,8 +31,8 @@ from typing import Callable
 
 import torch
 
-from models.errors import UserError
-from models.nets import CHECKPOINT_DIR, build_net, n_params
+from samplerbench.models.errors import UserError
+from samplerbench.models.nets import CHECKPOINT_DIR, build_net, n_params
 
 Tensor = torch.Tensor
 
@@ -83,7 +83,7 @@ def available_recipes() -> list[str]:
 
 def _data(recipe: Recipe, seed: int):
     """(x_train, y_train | None, x_val, y_val | None)."""
-    from models import data
+    from samplerbench.models import data
 
     if recipe.data == "digits":
         (xt, yt), (xv, yv) = data.digits_split()
@@ -94,7 +94,7 @@ def _data(recipe: Recipe, seed: int):
 
 def _loss(net, recipe: Recipe, sched, x0: Tensor, y: Tensor | None, t: Tensor,
           eps: Tensor) -> Tensor:
-    from models.conversions import expand_like
+    from samplerbench.models.conversions import expand_like
 
     a, s = expand_like(sched.alpha(t).float(), x0), expand_like(sched.sigma(t).float(), x0)
     xt = a * x0 + s * eps
@@ -136,7 +136,7 @@ def train(name: str, out_dir: str | Path | None = None, seed: int = 0, steps: in
     weights' bits, depend on it).  Returns the model-card path."""
     from safetensors.torch import save_file
 
-    from models.schedules import make_schedule
+    from samplerbench.models.schedules import make_schedule
 
     if name not in RECIPES:
         raise UserError("model to train", name, available_recipes())
@@ -254,9 +254,9 @@ def preview(name: str, out_png: str | Path, steps: int = 64, solver: str = "heun
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from models.guidance import class_labels, guided
-    from models.zoo import load_model
-    from solvers import get_solver, initial_noise, make_grid
+    from samplerbench.models.guidance import class_labels, guided
+    from samplerbench.models.zoo import load_model
+    from samplerbench.solvers import get_solver, initial_noise, make_grid
 
     den = load_model(name)
     n = n or (2000 if den.data_shape == (2,) else 100)
@@ -272,7 +272,7 @@ def preview(name: str, out_png: str | Path, steps: int = 64, solver: str = "heun
     title = f"{name}: {solver}, {steps} steps, {grid} grid" + (
         f", w = {guidance:g}" if labels is not None else "")
     if den.data_shape == (2,):
-        from models import data
+        from samplerbench.models import data
 
         card = getattr(den, "card", {})
         fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))

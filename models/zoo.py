@@ -8,10 +8,10 @@ from typing import Callable
 
 import torch
 
-from models.denoiser import Denoiser
-from models.errors import UserError
-from models.gmm import GMMDenoiser, gmm2d_mixture, gmm64_mixture, load_gmm_json
-from models.schedules import make_schedule
+from samplerbench.models.denoiser import Denoiser
+from samplerbench.models.errors import UserError
+from samplerbench.models.gmm import GMMDenoiser, gmm2d_mixture, gmm64_mixture, load_gmm_json
+from samplerbench.models.schedules import make_schedule
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def load_model(spec: str) -> Denoiser:
     if spec.startswith("gmm:"):
         return load_gmm_json(spec[4:])
     if spec.split(":", 1)[0] in ("diffusers", "edm", "flow") and ":" in spec:
-        from models.adapters import load_spec
+        from samplerbench.models.adapters import load_spec
 
         return load_spec(spec)
     if spec not in _MODELS:
@@ -115,7 +115,7 @@ _TRAINED = {
 def _trained_family():
     for name, (what, sched, num_classes) in _TRAINED.items():
         def build(name=name):
-            from models.nets import load_checkpoint
+            from samplerbench.models.nets import load_checkpoint
 
             return load_checkpoint(name)
         register_model(name, f"{what}; trained checkpoint (models/checkpoints)", sched,
@@ -129,8 +129,8 @@ _trained_family()
                 "(Karras et al. 2022 App. B.3), edm schedule; PF-ODE maps noise to training images",
                 "edm", analytic=True, dataset="digits")
 def _digits_ideal():
-    from models.data import digits
-    from models.ideal import EmpiricalDenoiser
+    from samplerbench.models.data import digits
+    from samplerbench.models.ideal import EmpiricalDenoiser
 
     x, _ = digits(torch.float64)
     return EmpiricalDenoiser(x, make_schedule("edm"))

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from models.dynamics import ProbabilityFlowODE, ReverseSDE
-from models.errors import UserError
+from samplerbench.models.dynamics import ProbabilityFlowODE, ReverseSDE
+from samplerbench.models.errors import UserError
 
 Tensor = torch.Tensor
 

@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from models.errors import UserError
-from models.schedules import Schedule
+from samplerbench.models.errors import UserError
+from samplerbench.models.schedules import Schedule
 
 FINALS = ("zero", "t_min")
 

@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from models.errors import UserError
+from samplerbench.models.errors import UserError
 
 NOISE_MODES = ("fresh", "brownian")
 _STREAM_OFFSET = 1 << 40     # noise streams never share a seed with initial noise

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 
-from models.errors import UserError
-from solvers.base import Solver
+from samplerbench.models.errors import UserError
+from samplerbench.solvers.base import Solver
 
 ENTRY_POINT_GROUP = "samplerbench.solvers"
 

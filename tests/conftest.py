@@ -1,5 +1,6 @@
 """Shared pytest setup: offline Hugging Face hub, and the repository root importable first (so
-``models``/``solvers``/``bench`` resolve to this checkout even under a stale editable install)."""
+``samplerbench`` -- and through it ``samplerbench.models``/``.solvers``/``.bench`` -- resolves to
+this checkout even under a stale install)."""
 
 import os
 import sys

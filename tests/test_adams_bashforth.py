@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.conformance import check_solver
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid
+from samplerbench.bench.conformance import check_solver
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid
 
 
 @pytest.mark.parametrize("p", [1, 2, 3, 4])
@@ -39,7 +39,7 @@ def test_adams_bashforth_orders(p):
 
 
 def test_bad_order():
-    from models.errors import UserError
+    from samplerbench.models.errors import UserError
 
     with pytest.raises(UserError, match="solver_order"):
         get_solver("adams_bashforth", solver_order=5)

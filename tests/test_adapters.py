@@ -15,10 +15,10 @@ import textwrap  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from models.adapters import DiscreteVPSchedule, load_weights  # noqa: E402
-from models.dynamics import ProbabilityFlowODE  # noqa: E402
-from models.errors import UserError  # noqa: E402
-from models.zoo import load_model  # noqa: E402
+from samplerbench.models.adapters import DiscreteVPSchedule, load_weights  # noqa: E402
+from samplerbench.models.dynamics import ProbabilityFlowODE  # noqa: E402
+from samplerbench.models.errors import UserError  # noqa: E402
+from samplerbench.models.zoo import load_model  # noqa: E402
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -115,7 +115,7 @@ def test_diffusers_unet_velocity_by_hand(ddpm_folders, ptype):
 
 @pytest.mark.parametrize("ptype,steps", [("epsilon", 10), ("v_prediction", 25)])
 def test_diffusers_ddim_matches_ddim_scheduler(ddpm_folders, ptype, steps):
-    from solvers import Grid, get_solver
+    from samplerbench.solvers import Grid, get_solver
 
     path, unet, _ = ddpm_folders[ptype]
     den = load_model(f"diffusers:{path}")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.metrics import per_sample_rms
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid
-from solvers.classical.adaptive import reference_solve
-from solvers.registry import available_solvers, solver_class
+from samplerbench.bench.metrics import per_sample_rms
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid
+from samplerbench.solvers.classical.adaptive import reference_solve
+from samplerbench.solvers.registry import available_solvers, solver_class
 
 ADAPTIVE = [n for n in available_solvers() if solver_class(n).adaptive]
 
@@ -88,7 +88,7 @@ def test_torchdiffeq_nfe_matches_its_own_count(setup):
 
 
 def test_bad_tolerance_is_named():
-    from models.errors import UserError
+    from samplerbench.models.errors import UserError
 
     with pytest.raises(UserError, match="rtol"):
         get_solver("dopri5", rtol=0.0)

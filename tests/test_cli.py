@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_MODULE = '''
 from dataclasses import dataclass
 import torch
-from solvers import Solver
+from samplerbench.solvers import Solver
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def sb(*args, plugin: Path | None = None, timeout=300, cwd=None) -> subprocess.C
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     if plugin is not None:
         env["PYTHONPATH"] = str(plugin) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "samplerbench", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=cwd or ROOT)
 
 
@@ -173,7 +173,7 @@ def test_row_schema_and_provenance(tmp_path):
     r = sb("run", "--models", "gmm64", "--solvers", "heun,euler_ancestral", "--steps", "4",
            "--samples", "4", "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr
-    from bench.store import ROW_KEYS
+    from samplerbench.bench.store import ROW_KEYS
 
     rows = rows_of(out)
     for row in rows:
@@ -224,7 +224,7 @@ def test_sample_npz(tmp_path):
     (["run", "missing.toml"], "spec"),
 ])
 def test_bad_input_exits_2_with_one_line(args, field, tmp_path, capsys, monkeypatch):
-    from bench.cli import main
+    from samplerbench.bench.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(args) == 2
@@ -288,7 +288,7 @@ def test_unknown_name_lists_choices_in_a_real_process():
     ('models = ["gmm2d"]\nsolvers = ["euler"]\nsteps = [4]\nmax_nfe = "lots"\n', "max_nfe"),
 ])
 def test_malformed_spec(body, field, tmp_path, capsys):
-    from bench.cli import main
+    from samplerbench.bench.cli import main
 
     spec = write_spec(tmp_path / "bad.toml", body)
     out = tmp_path / "out"
@@ -307,7 +307,7 @@ def test_malformed_spec(body, field, tmp_path, capsys):
     ('{"weights": [1], "means": [[0, 0]], "stds": [1], "colour": 3}', "key"),
 ])
 def test_malformed_gmm_json(doc, field, tmp_path, capsys):
-    from bench.cli import main
+    from samplerbench.bench.cli import main
 
     f = tmp_path / "m.json"
     f.write_text(doc)
@@ -355,7 +355,7 @@ def test_gmm_json_model_runs(tmp_path):
 
 def _start(spec: Path, out: Path) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-m", "bench", "run", str(spec), "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "samplerbench", "run", str(spec), "--out", str(out),
                              "--quiet"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -445,7 +445,7 @@ def test_two_runs_on_one_directory(tmp_path):
     """)
     out = tmp_path / "out"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    first = subprocess.Popen([sys.executable, "-m", "bench", "run", str(spec), "--out", str(out),
+    first = subprocess.Popen([sys.executable, "-m", "samplerbench", "run", str(spec), "--out", str(out),
                               "--quiet"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.conformance import ORDER_TOLERANCE, check_solver
-from solvers.registry import available_solvers
+from samplerbench.bench.conformance import ORDER_TOLERANCE, check_solver
+from samplerbench.solvers.registry import available_solvers
 
 BUILTINS = available_solvers()
 
@@ -33,13 +33,13 @@ def test_a_wrong_declared_order_is_caught():
     """A solver that claims order 2 but is Euler fails the check."""
     from dataclasses import dataclass
 
-    from solvers.classical.runge_kutta import Euler
+    from samplerbench.solvers.classical.runge_kutta import Euler
 
     @dataclass(frozen=True)
     class Liar(Euler):
         order = 2.0
 
-    import solvers.registry as reg
+    import samplerbench.solvers.registry as reg
 
     reg._REGISTRY["liar_euler_test"] = Liar
     try:
@@ -52,7 +52,7 @@ def test_a_wrong_declared_order_is_caught():
 
 
 def test_check_solver_cli_exit_codes():
-    from bench.cli import main
+    from samplerbench.bench.cli import main
 
     assert main(["check-solver", "heun"]) == 0
     assert main(["check-solver", "nope"]) == 2

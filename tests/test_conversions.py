@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from models.conversions import PREDICTIONS, expand_like, from_x0, to_x0
-from models.errors import UserError
-from models.schedules import SCHEDULES, make_schedule
+from samplerbench.models.conversions import PREDICTIONS, expand_like, from_x0, to_x0
+from samplerbench.models.errors import UserError
+from samplerbench.models.schedules import SCHEDULES, make_schedule
 
 NAMES = sorted(SCHEDULES)
 SHAPE = (6, 3, 4, 4)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from bench.cli import main
+from samplerbench.bench.cli import main
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(),

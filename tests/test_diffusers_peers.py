@@ -37,8 +37,8 @@ import torch  # noqa: E402
 diffusers = pytest.importorskip(
     "diffusers", reason="diffusers is not installed (pip install -e '.[test]')")
 
-from models.zoo import load_model  # noqa: E402
-from solvers import Grid, available_solvers, get_solver, initial_noise  # noqa: E402
+from samplerbench.models.zoo import load_model  # noqa: E402
+from samplerbench.solvers import Grid, available_solvers, get_solver, initial_noise  # noqa: E402
 
 REL_TOL = 1e-4
 

@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from helpers import err_rms, fit_order
-from models.dynamics import ProbabilityFlowODE
-from models.errors import UserError
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid
-from solvers.classical.adaptive import reference_solve
-from solvers.diffusion.dpmpp import DPMSolverPP3M
+from samplerbench.models.dynamics import ProbabilityFlowODE
+from samplerbench.models.errors import UserError
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid
+from samplerbench.solvers.classical.adaptive import reference_solve
+from samplerbench.solvers.diffusion.dpmpp import DPMSolverPP3M
 
 TOL = 0.35
 LOW, HIGH = (32, 64, 128), (64, 128, 256)

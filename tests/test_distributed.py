@@ -40,12 +40,12 @@ def test_torchrun_two_processes_match_one(tmp_path):
     spec = tmp_path / "d.toml"
     spec.write_text(textwrap.dedent(SPEC).replace(', "plug_never"', ""))
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    one = subprocess.run([sys.executable, "-m", "bench", "run", str(spec), "--out",
+    one = subprocess.run([sys.executable, "-m", "samplerbench", "run", str(spec), "--out",
                           str(tmp_path / "one"), "--quiet"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "-m", "bench", "run", str(spec), "--out",
+                          "--nproc_per_node=2", "-m", "samplerbench", "run", str(spec), "--out",
                           str(tmp_path / "two"), "--quiet"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -86,9 +86,9 @@ def test_torchrun_digits_fid_and_kid_match_one_process(tmp_path):
     """))
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     runs = {}
-    for name, cmd in (("one", [sys.executable, "-m", "bench"]),
+    for name, cmd in (("one", [sys.executable, "-m", "samplerbench"]),
                       ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc_per_node=2", "-m", "bench"])):
+                               "--nproc_per_node=2", "-m", "samplerbench"])):
         p = subprocess.run(cmd + ["run", str(spec), "--out", str(tmp_path / name), "--quiet"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from bench.fid import (CHECKPOINTS, DigitsFID, _digits01, frechet_distance, load_features,
+from samplerbench.bench.fid import (CHECKPOINTS, DigitsFID, _digits01, frechet_distance, load_features,
                        sha256, to_unit)
-from models.errors import UserError
-from models.gmm import digits_data
+from samplerbench.models.errors import UserError
+from samplerbench.models.gmm import digits_data
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_reference_statistics_are_cached_by_hash(tmp_path):
 
 
 def test_train_digits_features_reproduces_the_card(tmp_path):
-    from bench.cli import main
+    from samplerbench.bench.cli import main
 
     assert main(["train", "digits-features", "--out", str(tmp_path)]) == 0
     new = json.loads((tmp_path / "digits-features.json").read_text())
@@ -159,7 +159,7 @@ class _StubInception(torch.nn.Module):
 
 
 def test_inception_input_is_299x299_rgb_uint8_in_batches():
-    from bench.fid import InceptionFeatures
+    from samplerbench.bench.fid import InceptionFeatures
 
     stub = _StubInception()
     feats = InceptionFeatures(net=stub, batch=64)
@@ -181,7 +181,7 @@ def _inception_available() -> bool:
     import os
     from pathlib import Path
 
-    from bench.fid import INCEPTION_ENV
+    from samplerbench.bench.fid import INCEPTION_ENV
 
     path = os.environ.get(INCEPTION_ENV)
     return bool(path) and Path(path).is_file() and \
@@ -189,7 +189,7 @@ def _inception_available() -> bool:
 
 
 def test_inception_without_weights_is_a_clear_error(tmp_path, monkeypatch):
-    from bench.fid import INCEPTION_ENV, inception_weights
+    from samplerbench.bench.fid import INCEPTION_ENV, inception_weights
 
     monkeypatch.setenv(INCEPTION_ENV, str(tmp_path / "absent.pth"))
     with pytest.raises(UserError) as exc:
@@ -209,7 +209,7 @@ def test_inception_spec_without_weights_exits_2_before_writing(tmp_path):
     import sys
     from pathlib import Path
 
-    from bench.fid import INCEPTION_ENV
+    from samplerbench.bench.fid import INCEPTION_ENV
 
     spec = tmp_path / "inc.toml"
     spec.write_text('models = ["digits-rf"]\nsolvers = ["euler"]\nsteps = [2]\nsamples = 128\n'
@@ -217,7 +217,7 @@ def test_inception_spec_without_weights_exits_2_before_writing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != INCEPTION_ENV}
     env["HF_HUB_OFFLINE"] = "1"
     root = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, "-m", "bench", "run", str(spec), "--out",
+    r = subprocess.run([sys.executable, "-m", "samplerbench", "run", str(spec), "--out",
                         str(tmp_path / "out"), "--quiet"], capture_output=True, text=True,
                        env=env, cwd=root, timeout=300)
     assert r.returncode == 2, r.stderr
@@ -228,7 +228,7 @@ def test_inception_spec_without_weights_exits_2_before_writing(tmp_path):
     # an unknown feature name is refused too, with the valid choices
     spec.write_text('models = ["digits-rf"]\nsolvers = ["euler"]\nsteps = [2]\n'
                     '[metrics]\nfid_features = "vgg"\n')
-    r = subprocess.run([sys.executable, "-m", "bench", "run", str(spec), "--out",
+    r = subprocess.run([sys.executable, "-m", "samplerbench", "run", str(spec), "--out",
                         str(tmp_path / "out"), "--quiet"], capture_output=True, text=True,
                        env=env, cwd=root, timeout=300)
     assert r.returncode == 2 and "metrics.fid_features" in r.stderr and "auto" in r.stderr

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from models import load_model
-from models.conversions import eps_from_x0, expand_like
-from models.errors import UserError
-from models.gmm import GaussianMixture, GMMDenoiser, gmm2d_mixture
-from models.schedules import make_schedule
+from samplerbench.models import load_model
+from samplerbench.models.conversions import eps_from_x0, expand_like
+from samplerbench.models.errors import UserError
+from samplerbench.models.gmm import GaussianMixture, GMMDenoiser, gmm2d_mixture
+from samplerbench.models.schedules import make_schedule
 
 SCHEDULE_NAMES = ("edm", "vp-linear", "rf", "vp-cosine", "ve", "trig")
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from models.errors import UserError
-from models.schedules import SCHEDULES, make_schedule
-from solvers.grids import available_grids, make_grid
+from samplerbench.models.errors import UserError
+from samplerbench.models.schedules import SCHEDULES, make_schedule
+from samplerbench.solvers.grids import available_grids, make_grid
 
 GRIDS = ("uniform", "karras", "logsnr")
 NAMES = sorted(SCHEDULES)

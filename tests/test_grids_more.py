@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from models.errors import UserError
-from models.schedules import make_schedule
-from solvers.grids import make_grid
+from samplerbench.models.errors import UserError
+from samplerbench.models.schedules import make_schedule
+from samplerbench.solvers.grids import make_grid
 
 SCHEDULES = ["edm", "rf", "vp-linear", "vp-cosine", "ve", "trig"]
 NEW = ["exponential", "polyexponential", "quadratic", "shift"]

@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from bench.metrics import PeakMemory
-from bench.runner import run_spec
-from bench.spec import parse_spec
-from models.denoiser import CompiledDenoiser, TimedDenoiser
-from models.zoo import load_model
-from solvers import initial_noise
-from solvers.noise import sample_seeds
+from samplerbench.bench.metrics import PeakMemory
+from samplerbench.bench.runner import run_spec
+from samplerbench.bench.spec import parse_spec
+from samplerbench.models.denoiser import CompiledDenoiser, TimedDenoiser
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import initial_noise
+from samplerbench.solvers.noise import sample_seeds
 
 
 def test_initial_noise_is_standard_normal_and_per_sample():
@@ -36,7 +36,7 @@ def test_initial_noise_is_standard_normal_and_per_sample():
     f32 = initial_noise([1234], (1, 8, 8), dtype=torch.float32)
     torch.testing.assert_close(f32.double(), one, rtol=0, atol=0)
     # initial noise and the noise streams of the same seeds are different numbers
-    from solvers.noise import FreshNoise
+    from samplerbench.solvers.noise import FreshNoise
 
     assert not torch.equal(FreshNoise([1234], (1, 8, 8))(1.0, 0.5), one)
 
@@ -133,7 +133,7 @@ def test_native_dtype_and_analytic_only_metrics(tmp_path):
 
 @pytest.mark.parametrize("metrics", [{"error": "trained"}, {"nonconv": 1}])
 def test_metric_switch_rejects_other_values(metrics):
-    from models.errors import UserError
+    from samplerbench.models.errors import UserError
 
     with pytest.raises(UserError, match="metrics"):
         parse_spec({"models": ["gmm2d"], "solvers": ["heun"], "steps": [8], "metrics": metrics})
@@ -143,8 +143,8 @@ def test_nfe_budget_stops_a_runaway_solve_and_a_larger_budget_recomputes_it(tmp_
     """max_nfe: a solve that needs more model calls is stopped and recorded as failed with the
     budget in the row; the other cells are unaffected; a rerun with the same budget reuses the
     row, a rerun with a larger one computes the cell again (one row per cell for readers)."""
-    from bench.runner import rows as run_rows
-    from bench.store import read_rows
+    from samplerbench.bench.runner import rows as run_rows
+    from samplerbench.bench.store import read_rows
 
     raw = {"models": ["gmm2d"], "solvers": ["euler", "dopri5"], "steps": [8],
            "tolerances": [1e-9], "samples": 8, "threads": 1,

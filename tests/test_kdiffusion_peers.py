@@ -27,9 +27,9 @@ from __future__ import annotations
 import pytest
 from helpers import VEView, load_kdiffusion_sampling
 
-from models.dynamics import ProbabilityFlowODE
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid
+from samplerbench.models.dynamics import ProbabilityFlowODE
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid
 
 _PKG = "_kdiffusion_peer"   # private name: the real ``k_diffusion`` package is never imported
 
@@ -134,7 +134,7 @@ def test_lms_full_kdiffusion_final_step():
 
 def test_dpmpp_3m_third_order_variant_differs_only_after_two_steps():
     """The third-order variant (D2 doubled) is k-diffusion's 3M until the third positive step."""
-    from solvers.diffusion.dpmpp import DPMSolverPP3M
+    from samplerbench.solvers.diffusion.dpmpp import DPMSolverPP3M
 
     class ThirdOrder(DPMSolverPP3M):
         second_difference_factor = 2.0

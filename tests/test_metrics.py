@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.metrics import error_metrics, fit_order, fit_order_ci, nonconv, pareto_front
+from samplerbench.bench.metrics import error_metrics, fit_order, fit_order_ci, nonconv, pareto_front
 
 
 @pytest.mark.parametrize("p", [0.5, 1.0, 2.0, 3.0, 4.0])

@@ -15,11 +15,11 @@ import pytest
 import torch
 from helpers import err_rms, fit_order
 
-from models.dynamics import ProbabilityFlowODE
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid
-from solvers.classical.adaptive import reference_solve
-from solvers.diffusion.ipndm import AB_COEFFS
+from samplerbench.models.dynamics import ProbabilityFlowODE
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid
+from samplerbench.solvers.classical.adaptive import reference_solve
+from samplerbench.solvers.diffusion.ipndm import AB_COEFFS
 
 STEPS = (64, 128, 256)
 TOL = 0.35
@@ -90,7 +90,7 @@ def test_declared_orders_follow_the_parameter():
 
 @pytest.mark.parametrize("bad", [0, 5, 2.0, True, "2"])
 def test_bad_solver_order_is_named(bad):
-    from models.errors import UserError
+    from samplerbench.models.errors import UserError
 
     for name in MINE:
         with pytest.raises(UserError, match="solver_order"):
@@ -171,7 +171,7 @@ def test_ipndm_v_is_deis_rho_ab_on_uneven_grids():
     """Variable-step AB in rho integrates the Lagrange polynomial exactly: check its order-3
     weights reproduce int p(rho) d rho for a quadratic p on an uneven grid (AMED's closed form does
     not; see the ``ipndm_v`` docstring)."""
-    from solvers.diffusion.lagrange import basis_integrals
+    from samplerbench.solvers.diffusion.lagrange import basis_integrals
 
     rho = [7.0, 4.5, 3.1, 1.2]                   # rho_{n-2}, rho_{n-1}, rho_n, rho_{n+1}
     r0, r1 = rho[2], rho[3]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.metrics import nonconv
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid, make_noise
-from solvers.noise import sample_seeds
+from samplerbench.bench.metrics import nonconv
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid, make_noise
+from samplerbench.solvers.noise import sample_seeds
 
 
 def _solve(model, name, steps, noise_mode=None, n=32, **params):

@@ -7,9 +7,9 @@ import textwrap
 
 import torch
 
-from bench.cli import main
-from models.denoiser import CastDenoiser
-from models.zoo import load_model
+from samplerbench.bench.cli import main
+from samplerbench.models.denoiser import CastDenoiser
+from samplerbench.models.zoo import load_model
 
 
 def test_cast_denoiser_runs_the_model_in_its_dtype():

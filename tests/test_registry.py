@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import pytest
 
-import solvers.registry as registry
-from models.errors import UserError
-from solvers import available_solvers, get_solver, register_solver, solver_class
-from solvers.base import Solver
-from solvers.classical.runge_kutta import Euler, RungeKutta
-from solvers.tableaus import BOSH3, EULER, HEUN, MIDPOINT, RALSTON, RK4, ButcherTableau
+import samplerbench.solvers.registry as registry
+from samplerbench.models.errors import UserError
+from samplerbench.solvers import available_solvers, get_solver, register_solver, solver_class
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.classical.runge_kutta import Euler, RungeKutta
+from samplerbench.solvers.tableaus import BOSH3, EULER, HEUN, MIDPOINT, RALSTON, RK4, ButcherTableau
 
 CORE = ("euler", "heun", "midpoint", "ralston", "bosh3", "rk4", "ddim", "dopri5", "dopri8",
         "euler_ancestral", "euler_maruyama")

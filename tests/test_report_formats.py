@@ -9,7 +9,7 @@ import textwrap
 
 import pandas as pd
 
-from bench.cli import main
+from samplerbench.bench.cli import main
 
 
 def _rows(d):
@@ -118,7 +118,7 @@ def test_kid_needs_weak_metrics(tmp_path):
 def test_headline_table_ranks_the_best_fid_within_each_budget():
     import pandas as pd
 
-    from bench.report import headline_table
+    from samplerbench.bench.report import headline_table
 
     def row(solver, nfe, fid, model="digits-vp", feats="digits-features@x", status="ok"):
         return {"model": model, "label": solver, "nfe": nfe, "fid": fid, "status": status,

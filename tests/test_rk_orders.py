@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from helpers import err_rms, fit_order
-from models import CountingDenoiser, Denoiser, ProbabilityFlowODE, load_model
-from solvers import get_solver, initial_noise, make_grid
-from solvers.classical.adaptive import reference_solve
+from samplerbench.models import CountingDenoiser, Denoiser, ProbabilityFlowODE, load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid
+from samplerbench.solvers.classical.adaptive import reference_solve
 
 N_SAMPLES = 8
 REF_TOL = 1e-12

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from helpers import autograd_derivative
-from models.errors import UserError
-from models.schedules import SCHEDULES, make_schedule
+from samplerbench.models.errors import UserError
+from samplerbench.models.schedules import SCHEDULES, make_schedule
 
 NAMES = sorted(SCHEDULES)
 VP_NAMES = ("vp-linear", "vp-cosine", "trig")   # alpha^2 + sigma^2 = 1

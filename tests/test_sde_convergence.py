@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.metrics import (fit_order, frechet_gaussian, nonconv, per_sample_rms, strong_reference,
+from samplerbench.bench.metrics import (fit_order, frechet_gaussian, nonconv, per_sample_rms, strong_reference,
                            swd)
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid, make_noise
-from solvers.noise import sample_seeds
-from solvers.registry import available_solvers, solver_class
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid, make_noise
+from samplerbench.solvers.noise import sample_seeds
+from samplerbench.solvers.registry import available_solvers, solver_class
 
 STOCHASTIC = [n for n in available_solvers() if solver_class(n).stochastic]
 _MODELS: dict = {}

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from bench.cli import main
+from samplerbench.bench.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from solvers import make_grid, make_noise
-from solvers.noise import (BrownianNoise, CounterNormals, FreshNoise, _normals, _i64, _mix64_,
+from samplerbench.solvers import make_grid, make_noise
+from samplerbench.solvers.noise import (BrownianNoise, CounterNormals, FreshNoise, _normals, _i64, _mix64_,
                            mix64, sample_seeds)
-from solvers.sde.torchsde_methods import noise_brownian
-from models.zoo import load_model
+from samplerbench.solvers.sde.torchsde_methods import noise_brownian
+from samplerbench.models.zoo import load_model
 
 
 def test_mix64_matches_python_reference():
@@ -150,7 +150,7 @@ def test_make_noise_modes():
     g = make_grid("karras", den.schedule, 4)
     assert make_noise("fresh", [0], (2,), g).mode == "fresh"
     assert make_noise("brownian", [0], (2,), g).mode == "brownian"
-    from models.errors import UserError
+    from samplerbench.models.errors import UserError
     with pytest.raises(UserError, match="brownian"):
         make_noise("pink", [0], (2,), g)
 

@@ -16,10 +16,10 @@ import pytest
 from helpers import VEView, load_kdiffusion_sampling
 import torch
 
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid, make_noise
-from solvers.noise import FreshNoise, sample_seeds
-from solvers.registry import available_solvers, solver_class
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid, make_noise
+from samplerbench.solvers.noise import FreshNoise, sample_seeds
+from samplerbench.solvers.registry import available_solvers, solver_class
 
 RTOL = 1e-10
 _PKG = "_kdiffusion_sde_peer"     # private name: the real ``k_diffusion`` package is never imported
@@ -231,7 +231,7 @@ def test_declines_or_runs_from_alpha_zero(name):
     grid = make_grid("uniform", den.schedule, 8)
     solver = get_solver(name)
     reason = solver.check(den, grid)
-    if solver_class(name).__module__.startswith("solvers.sde"):
+    if solver_class(name).__module__.startswith("samplerbench.solvers.sde"):
         assert reason and "alpha = 0" in reason
         assert get_solver(name, eta=0.0).check(den, grid) is None
         return
@@ -250,7 +250,7 @@ def test_declines_or_runs_from_alpha_zero(name):
     ("torchsde_srk", {"eta": -0.1}, "eta"),
 ])
 def test_invalid_parameters_are_named(name, params, match):
-    from models.errors import UserError
+    from samplerbench.models.errors import UserError
 
     with pytest.raises(UserError, match=match):
         get_solver(name, **params)

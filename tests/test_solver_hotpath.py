@@ -12,12 +12,12 @@ import pytest
 import torch
 from numpy.polynomial import polynomial as P
 
-from models.dynamics import ProbabilityFlowODE
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid
-from solvers.diffusion.fused import lam, lincomb, ratio
-from solvers.diffusion.lagrange import basis_integrals
-from solvers.diffusion.unipc import _solve
+from samplerbench.models.dynamics import ProbabilityFlowODE
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid
+from samplerbench.solvers.diffusion.fused import lam, lincomb, ratio
+from samplerbench.solvers.diffusion.lagrange import basis_integrals
+from samplerbench.solvers.diffusion.unipc import _solve
 
 
 def test_lincomb_matches_the_plain_sum_and_leaves_inputs_alone():
@@ -114,7 +114,7 @@ def test_basis_integrals_match_numpy_polynomials():
 
 
 def test_basis_integrals_small_sizes_match_the_general_formula():
-    from solvers.diffusion.lagrange import _general, _small
+    from samplerbench.solvers.diffusion.lagrange import _general, _small
 
     rng = random.Random(2)
     for _ in range(200):

@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.data import digits
-from models.denoiser import Denoiser
-from models.dynamics import ProbabilityFlowODE
-from models.errors import UserError
-from models.guidance import CFGDenoiser, class_labels, conditional_models, guided
-from models.schedules import make_schedule
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid
+from samplerbench.models.data import digits
+from samplerbench.models.denoiser import Denoiser
+from samplerbench.models.dynamics import ProbabilityFlowODE
+from samplerbench.models.errors import UserError
+from samplerbench.models.guidance import CFGDenoiser, class_labels, conditional_models, guided
+from samplerbench.models.schedules import make_schedule
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid
 
 
 class ToyConditional(Denoiser):

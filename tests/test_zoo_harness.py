@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import textwrap
 
-from bench.cli import main
+from samplerbench.bench.cli import main
 
 
 def test_guidance_axis_and_dataset_metrics(tmp_path):

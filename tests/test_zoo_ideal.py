@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from models.data import digits
-from models.zoo import load_model
-from solvers import get_solver, initial_noise, make_grid
+from samplerbench.models.data import digits
+from samplerbench.models.zoo import load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid
 
 
 def test_matches_softmax_formula():

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from models.errors import UserError
-from models.nets import load_checkpoint
-from models.train import available_recipes, train
+from samplerbench.models.errors import UserError
+from samplerbench.models.nets import load_checkpoint
+from samplerbench.models.train import available_recipes, train
 
 
 def test_recipes_cover_the_shipped_models():

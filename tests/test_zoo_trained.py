@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
-from models.data import digits, toy_2d
-from models.nets import CHECKPOINT_DIR, read_card
-from models.zoo import available_models, load_model
-from solvers import get_solver, initial_noise, make_grid
+from samplerbench.models.data import digits, toy_2d
+from samplerbench.models.nets import CHECKPOINT_DIR, read_card
+from samplerbench.models.zoo import available_models, load_model
+from samplerbench.solvers import get_solver, initial_noise, make_grid
 
 TRAINED = ["moons-vp", "moons-rf", "checkerboard-vp", "checkerboard-rf", "digits-vp",
            "digits-rf", "digits-cond-rf"]
@@ -37,7 +37,7 @@ class FeatureNetClassifier:
         self.net = net
 
     def predict_proba(self, x):
-        from bench.fid import to_unit
+        from samplerbench.bench.fid import to_unit
 
         with torch.no_grad():
             return torch.softmax(self.net.logits(to_unit(torch.as_tensor(x))), 1).double().numpy()
@@ -47,7 +47,7 @@ class FeatureNetClassifier:
 def classifier():
     """The FID feature network where it is shipped, else a logistic regression on digits."""
     try:
-        from bench.fid import load_features
+        from samplerbench.bench.fid import load_features
 
         return FeatureNetClassifier(load_features()[0])
     except Exception:  # noqa: BLE001 - the metric's network is another part's deliverable

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from solvers.base import Solver
-from solvers.diffusion.fused import lincomb, prime
-from solvers.diffusion.lagrange import basis_integrals
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.diffusion.fused import lincomb, prime
+from samplerbench.solvers.diffusion.lagrange import basis_integrals
+from samplerbench.solvers.registry import register_solver
 
 
 @register_solver

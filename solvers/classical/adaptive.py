@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import torch
 
-from solvers.base import Solver, finish
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver, finish
+from samplerbench.solvers.registry import register_solver
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from typing import ClassVar
 
 import torch
 
-from solvers.base import Solver
-from solvers.registry import register_solver
-from solvers.tableaus import BOSH3, EULER, HEUN, MIDPOINT, RALSTON, RK4, ButcherTableau
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.registry import register_solver
+from samplerbench.solvers.tableaus import BOSH3, EULER, HEUN, MIDPOINT, RALSTON, RK4, ButcherTableau
 
 
 @dataclass(frozen=True)

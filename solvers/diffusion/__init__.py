@@ -1,6 +1,6 @@
 """Diffusion-specific samplers (DDIM, ancestral, ...)."""
 
-from solvers.diffusion import ddim, euler_ancestral  # noqa: F401  (registers solvers)
-from solvers.diffusion import dpm_2, dpm_solver, dpmpp, edm_heun, lms  # noqa: F401
-from solvers.diffusion import deis, ipndm, unipc  # noqa: F401  (registers solvers)
-from solvers.diffusion import ddpm, dpmpp_sde, edm_stochastic  # noqa: F401  (stochastic samplers)
+from samplerbench.solvers.diffusion import ddim, euler_ancestral  # noqa: F401  (registers solvers)
+from samplerbench.solvers.diffusion import dpm_2, dpm_solver, dpmpp, edm_heun, lms  # noqa: F401
+from samplerbench.solvers.diffusion import deis, ipndm, unipc  # noqa: F401  (registers solvers)
+from samplerbench.solvers.diffusion import ddpm, dpmpp_sde, edm_stochastic  # noqa: F401  (stochastic samplers)

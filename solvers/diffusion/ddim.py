@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from solvers.base import Solver
-from solvers.diffusion.fused import lincomb, prime
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.diffusion.fused import lincomb, prime
+from samplerbench.solvers.registry import register_solver
 
 
 def ddim_update(dynamics, t0: float, t1: float, x, x0):

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from solvers.base import Solver
-from solvers.diffusion import fused
-from solvers.diffusion.fused import lincomb, prime
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.diffusion import fused
+from samplerbench.solvers.diffusion.fused import lincomb, prime
+from samplerbench.solvers.registry import register_solver
 
 
 @register_solver

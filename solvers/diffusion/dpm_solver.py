@@ -10,11 +10,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from solvers.base import Solver
-from solvers.diffusion import fused
-from solvers.diffusion.ddim import ddim_update
-from solvers.diffusion.fused import lincomb, prime
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.diffusion import fused
+from samplerbench.solvers.diffusion.ddim import ddim_update
+from samplerbench.solvers.diffusion.fused import lincomb, prime
+from samplerbench.solvers.registry import register_solver
 
 
 def lam(schedule, t: float) -> float:

@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from solvers.base import Solver
-from solvers.diffusion import fused
-from solvers.diffusion.dpm_solver import t_of_lam
-from solvers.diffusion.fused import lincomb, prime
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.diffusion import fused
+from samplerbench.solvers.diffusion.dpm_solver import t_of_lam
+from samplerbench.solvers.diffusion.fused import lincomb, prime
+from samplerbench.solvers.registry import register_solver
 
 _REFERENCE = ("Lu, Zhou, Bao, Chen, Li & Zhu 2022, DPM-Solver++: Fast Solver for Guided Sampling "
               "of Diffusion Probabilistic Models; Crowson, k-diffusion")

@@ -20,11 +20,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from models.dynamics import ReverseSDE
-from solvers.base import Solver
-from solvers.diffusion.dpm_solver import coeffs, lam, t_of_lam
-from solvers.diffusion.euler_ancestral import ancestral_split
-from solvers.registry import register_solver
+from samplerbench.models.dynamics import ReverseSDE
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.diffusion.dpm_solver import coeffs, lam, t_of_lam
+from samplerbench.solvers.diffusion.euler_ancestral import ancestral_split
+from samplerbench.solvers.registry import register_solver
 
 _REFERENCE = ("Lu, Zhou, Bao, Chen, Li & Zhu 2022, DPM-Solver++: Fast Solver for Guided Sampling "
               "of Diffusion Probabilistic Models (SDE-DPM-Solver++); Crowson, k-diffusion")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from solvers.base import Solver
-from solvers.diffusion import fused
-from solvers.diffusion.fused import lincomb, prime
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.diffusion import fused
+from samplerbench.solvers.diffusion.fused import lincomb, prime
+from samplerbench.solvers.registry import register_solver
 
 
 @register_solver

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from solvers.base import Solver
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.registry import register_solver
 
 
 def ancestral_split(r0: float, r1: float, eta: float) -> tuple[float, float]:

@@ -19,10 +19,10 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from solvers.base import Solver
-from solvers.diffusion import fused
-from solvers.diffusion.fused import lincomb, prime
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.diffusion import fused
+from samplerbench.solvers.diffusion.fused import lincomb, prime
+from samplerbench.solvers.registry import register_solver
 
 _REFERENCE = ("Zhao, Bai, Rao, Zhou & Lu 2023, UniPC: A Unified Predictor-Corrector Framework for "
               "Fast Sampling of Diffusion Models; diffusers UniPCMultistepScheduler")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from solvers.base import Solver
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.registry import register_solver
 
 
 @register_solver

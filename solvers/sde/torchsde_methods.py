@@ -23,8 +23,8 @@ from typing import ClassVar
 
 import torch
 
-from solvers.base import Solver
-from solvers.registry import register_solver
+from samplerbench.solvers.base import Solver
+from samplerbench.solvers.registry import register_solver
 
 _TORCHSDE_REF = "Li, Wong, Chen & Duvenaud 2020; Kidger, Foster, Li & Lyons 2021 (torchsde)"
 
