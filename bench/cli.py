@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   samplerbench list solvers
   samplerbench run bench/matrices/quick.toml --out results/quick
   samplerbench run --models gmm64,gmm64-rf --solvers euler,heun,rk4 --steps 8,16,32 --grid karras
+  samplerbench run --models gmm64 --solvers euler,heun,dpmpp_2m --nfe 6,8,10 --samples 256
   samplerbench sample gmm2d heun --steps 18 --n 512 --out samples.npz
   samplerbench sample gmm64 euler_ancestral --steps 32 --noise brownian --solver-opt eta=0.5 --out x.npz
   samplerbench report results/quick --format md,csv,html,parquet
@@ -113,6 +114,10 @@ def cmd_run(args) -> int:
                "dtype": args.dtype or "float32"}
         if args.steps:
             raw["steps"] = parse_csv_ints("--steps", args.steps)
+        if args.nfe:
+            raw["nfe"] = parse_csv_ints("--nfe", args.nfe)
+        if args.blocks is not None:
+            raw["metrics"] = {"blocks": args.blocks}
         if args.tolerances:
             raw["tolerances"] = parse_csv_floats("--tolerances", args.tolerances)
         spec = parse_spec(raw)
@@ -219,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--models", help="ad hoc: comma-separated model names")
     run.add_argument("--solvers", help="ad hoc: comma-separated solver names")
     run.add_argument("--steps", help="ad hoc: comma-separated step counts, e.g. 4,8,16")
+    run.add_argument("--nfe", help="ad hoc: NFE budgets for fixed-step solvers, e.g. 6,8,10 "
+                     "(each solver gets the largest step count within the budget)")
+    run.add_argument("--blocks", type=int, help="ad hoc: seed blocks for the quality metrics' "
+                     "standard errors (>= 2, dividing --samples)")
     run.add_argument("--tolerances", help="ad hoc: tolerances for adaptive solvers, e.g. 1e-3,1e-5")
     run.add_argument("--grid", help="ad hoc: grid name(s) (default karras)")
     run.add_argument("--final", choices=["zero", "t_min"], help="ad hoc: grid end")

@@ -15,10 +15,11 @@ Inception-v3 (2048-D pool features; digits upsampled to 299x299 and repeated to 
 only when ``torch_fidelity`` is importable and its weights file is named by the environment
 variable ``SAMPLERBENCH_INCEPTION_WEIGHTS``; otherwise a ``UserError`` says how to get them.
 
-``kid = true`` adds torchmetrics' ``KernelInceptionDistance`` with the same feature network and
-reference set (cubic polynomial kernel, 100 subsets of ``min(1000, n)`` samples, a fixed seed;
-for the digits network the kernel's gamma is 1 / (d * mean square of the reference features)):
-rows get ``kid``, ``kid_std`` and the protocol in ``kid_protocol``.
+``kid = true`` adds KID with the same feature network and reference set: the unbiased MMD^2
+U-statistic (as torchmetrics' ``KernelInceptionDistance`` per subset) over all generated samples
+and all reference features, cubic polynomial kernel (for the digits network its gamma is
+1 / (d * mean square of the reference features)): rows get ``kid``, ``kid_se`` (seed-block
+jackknife), ``kid_blocks`` and the protocol in ``kid_protocol``.
 """
 
 from __future__ import annotations
@@ -45,9 +46,6 @@ INCEPTION_NAME = "inception-v3-compat"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  + INCEPTION_FILE)
-KID_SUBSETS = 100
-KID_MAX_SUBSET = 1000
-KID_SEED = 0
 
 
 class DigitsFeatures(nn.Module):
@@ -211,7 +209,16 @@ class InceptionFeatures(nn.Module):
 
 class DigitsFID:
     """FID (and optionally KID) of generated digits against the training set, with a pinned
-    protocol.  ``features``: "auto" (the shipped digits network) or "inception"."""
+    protocol and seed-block uncertainty.  ``features``: "auto" (the shipped digits network) or
+    "inception".
+
+    FID is the Frechet distance between Gaussian fits of the features (torchmetrics'
+    ``FrechetInceptionDistance`` keeps the reference statistics, cached by hash; the distance is
+    ``bench.metrics.frechet_moments`` in float64, equal to torchmetrics' ``compute`` to ~1e-6,
+    tested), so that the leave-one-block-out values of :mod:`samplerbench.bench.stats` cost one
+    feature pass.  KID is the unbiased MMD^2 U-statistic with a cubic polynomial kernel over all
+    generated samples against all reference features (no random subsets: the value is a function
+    of the samples alone; its uncertainty is the seed-block jackknife, ``kid_se``)."""
 
     def __init__(self, cache_dir: Path | None = None, min_samples: int = MIN_SAMPLES,
                  features: str = "auto", kid: bool = False):
@@ -251,33 +258,34 @@ class DigitsFID:
                 save_file({k: getattr(self.metric, k).contiguous() for k in (
                     "real_features_sum", "real_features_cov_sum", "real_features_num_samples")},
                     str(cache))
+        m = self.metric
+        n_ref = m.real_features_num_samples.double()
+        self.ref_mean = (m.real_features_sum.double() / n_ref)
+        self.ref_cov = ((m.real_features_cov_sum.double()
+                         - n_ref * torch.outer(self.ref_mean, self.ref_mean)) / (n_ref - 1))
         self._real_features = None
-        self.kid_metric = None
+        self.kid_enabled = kid
         if kid:
-            import warnings
-
-            from torchmetrics.image.kid import KernelInceptionDistance
-
-            real = self.real_features()
-            d = real.shape[1]
+            real_f = self.real_features().double()
+            d = real_f.shape[1]
             if features == "inception":          # the standard KID kernel (Binkowski et al.)
-                gamma, self.kid_kernel = None, "poly3,gamma=1/d"
+                self.gamma, self.kid_kernel = 1.0 / d, "poly3,gamma=1/d"
             else:
                 # the digits features are unnormalised ReLU outputs (RMS ~7): scale the kernel by
                 # their mean square on the reference set, so (x.y gamma + 1)^3 stays O(1)
-                ms = float(real.double().pow(2).mean())
-                gamma, self.kid_kernel = 1.0 / (d * ms), f"poly3,gamma=1/(d*{ms:.4g})"
-            with warnings.catch_warnings():      # "saves all features": 64-D x 1797, fine
-                warnings.simplefilter("ignore", UserWarning)
-                self.kid_metric = KernelInceptionDistance(
-                    feature=self.net, subsets=KID_SUBSETS, subset_size=KID_MAX_SUBSET,
-                    gamma=gamma, reset_real_features=False, normalize=True,
-                    sync_on_compute=False)
-            self.kid_metric.real_features.append(real)
+                ms = float(real_f.pow(2).mean())
+                self.gamma, self.kid_kernel = 1.0 / (d * ms), f"poly3,gamma=1/(d*{ms:.4g})"
+            k_yy = self._kernel(real_f, real_f)
+            r = real_f.shape[0]
+            self._kyy = float((k_yy.sum() - k_yy.diagonal().sum()) / (r * (r - 1)))
 
     @property
     def protocol(self) -> str:
         return f"{self.feature_name}@{self.weights_hash}/ref@{self.ref_hash}"
+
+    @property
+    def kid_protocol(self) -> str:
+        return f"{self.protocol}/{self.kid_kernel},unbiased-mmd2-all-samples"
 
     def real_features(self) -> torch.Tensor:
         """Features of the 1797 training digits (the reference set), cached beside the FID
@@ -299,32 +307,103 @@ class DigitsFID:
                     save_file({"features": self._real_features.contiguous()}, str(cache))
         return self._real_features
 
-    def __call__(self, samples: torch.Tensor) -> float:
-        """FID of ``samples`` (model space, [N, 1, 8, 8] or [N, 64], values ~[-1, 1])."""
-        n = samples.shape[0]
+    def features(self, samples: torch.Tensor) -> torch.Tensor:
+        """Feature vectors [N, d] (float64) of model-space samples ([N, 1, 8, 8] or [N, 64],
+        values ~[-1, 1])."""
+        with torch.no_grad():
+            return self.net(to_unit(samples.detach().cpu())).double()
+
+    def fid_of_features(self, f: torch.Tensor) -> float:
+        from samplerbench.bench.metrics import frechet_moments
+
+        return frechet_moments(f.mean(0), torch.cov(f.T), self.ref_mean, self.ref_cov)
+
+    def _kernel(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a @ b.T * self.gamma + 1.0) ** 3
+
+    def _check_n(self, n: int) -> None:
         if n < self.min_samples:
             raise UserError("samples", n, hint=f"FID with {self.net.num_features}-D features "
                             f"needs at least {self.min_samples} samples (the protocol's minimum)")
+
+    def __call__(self, samples: torch.Tensor) -> float:
+        """FID of ``samples`` (model space, [N, 1, 8, 8] or [N, 64], values ~[-1, 1])."""
+        self._check_n(samples.shape[0])
+        return self.fid_of_features(self.features(samples))
+
+    def torchmetrics_fid(self, samples: torch.Tensor) -> float:
+        """torchmetrics' own ``compute`` on the same reference statistics (for cross-checks)."""
         self.metric.reset()                      # keeps the real statistics
         self.metric.update(to_unit(samples.detach().cpu()), real=False)
         return float(self.metric.compute())
 
-    def kid(self, samples: torch.Tensor) -> dict:
-        """KID of ``samples`` against the training digits: ``{"kid": mean over subsets,
-        "kid_std": their standard deviation, "kid_protocol": ...}``.  Subsets of
-        ``min(1000, n)`` samples, drawn from a fixed seed (the global RNG is left alone)."""
-        if self.kid_metric is None:
-            raise RuntimeError("DigitsFID(kid=True) computes KID")
+    def score(self, samples: torch.Tensor, blocks: int | None) -> dict:
+        """Row fields of the samples: ``fid``, ``fid_se``, ``fid_blocks`` (leave-one-block-out
+        values, :mod:`samplerbench.bench.stats`), and with KID enabled ``kid``, ``kid_se``,
+        ``kid_blocks``, ``kid_protocol``.  Below the protocol's minimum sample count FID is
+        None and ``note`` says why."""
+        from samplerbench.bench.stats import jackknife_se, leave_one_out
+
         n = samples.shape[0]
-        if n < 2:
-            raise UserError("samples", n, hint="KID needs at least 2 samples")
-        m = min(KID_MAX_SUBSET, n)
-        self.kid_metric.reset()                  # keeps the real features
-        self.kid_metric.subset_size = m
-        self.kid_metric.update(to_unit(samples.detach().cpu()), real=False)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(KID_SEED)
-            mean, std = self.kid_metric.compute()
-        proto = (f"{self.protocol}/{self.kid_kernel},subsets={self.kid_metric.subsets},"
-                 f"subset_size={m},seed={KID_SEED}")
-        return {"kid": float(mean), "kid_std": float(std), "kid_protocol": proto}
+        out: dict = {}
+        f = self.features(samples)
+        loo = leave_one_out(n, blocks) if blocks else []
+        if n >= self.min_samples:
+            out["fid"] = self.fid_of_features(f)
+            out["fid_features"] = self.protocol
+            if loo and n - n // blocks >= self.min_samples:
+                vals = [self.fid_of_features(f[i]) for i in loo]
+                out.update(fid_blocks=vals, fid_se=jackknife_se(vals))
+        else:
+            out["note"] = (f"fid not computed: {n} samples < the protocol's minimum "
+                           f"{self.min_samples} ({self.net.num_features}-D features)")
+        if self.kid_enabled and n >= 2:
+            out.update(self._kid(f, blocks))
+        return out
+
+    def _kid(self, f: torch.Tensor, blocks: int | None) -> dict:
+        from samplerbench.bench.stats import jackknife_se
+
+        n = f.shape[0]
+        real = self.real_features().double()
+        k_xx = self._kernel(f, f)
+        k_xx.fill_diagonal_(0.0)
+        k_xy = self._kernel(f, real).mean(1)                 # per generated sample
+
+        def mmd(sum_xx: float, sum_xy: float, m: int) -> float:
+            return sum_xx / (m * (m - 1)) + self._kyy - 2.0 * sum_xy / m
+
+        out = {"kid": mmd(float(k_xx.sum()), float(k_xy.sum()), n),
+               "kid_protocol": self.kid_protocol}
+        if blocks and n // blocks * (blocks - 1) >= 2:
+            m = n // blocks
+            bs = k_xx.reshape(blocks, m, blocks, m).sum((1, 3))     # block-pair sums
+            total, rows_ = float(bs.sum()), bs.sum(1)
+            xy = k_xy.reshape(blocks, m).sum(1)
+            vals = [mmd(total - 2 * float(rows_[k]) + float(bs[k, k]),
+                        float(k_xy.sum() - xy[k]), n - m) for k in range(blocks)]
+            out.update(kid_blocks=vals, kid_se=jackknife_se(vals))
+        return out
+
+    def floor(self, n: int, draws: int = 10, seed: int = 0) -> dict:
+        """The same metrics for n real digits drawn with replacement from the reference set (the
+        distribution the reference statistics describe): ``{"fid_floor", "fid_floor_sd"[,
+        "kid_floor", "kid_floor_sd"]}``, mean and sd over ``draws`` independent draws.  What a
+        perfect sampler would score at this sample count."""
+        from samplerbench.bench.stats import mean_sd
+
+        real = self.real_features().double()
+        g = torch.Generator().manual_seed(seed)
+        fids, kids = [], []
+        for _ in range(draws):
+            f = real[torch.randint(real.shape[0], (n,), generator=g)]
+            if n >= self.min_samples:
+                fids.append(self.fid_of_features(f))
+            if self.kid_enabled and n >= 2:
+                kids.append(self._kid(f, None)["kid"])
+        out = {}
+        if fids:
+            out["fid_floor"], out["fid_floor_sd"] = mean_sd(fids)
+        if kids:
+            out["kid_floor"], out["kid_floor_sd"] = mean_sd(kids)
+        return out

@@ -8,6 +8,7 @@ cells already in ``rows.jsonl``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -19,8 +20,10 @@ import torch
 
 from samplerbench.bench.distributed import Dist
 from samplerbench.bench.env import environment, git_sha
-from samplerbench.bench.metrics import (PeakMemory, error_metrics, frechet_gaussian, nonconv, strong_reference,
-                           swd, timed)
+from samplerbench.bench.budgets import steps_for_budget
+from samplerbench.bench.metrics import (PeakMemory, error_metrics, nonconv, strong_reference,
+                                        timed)
+from samplerbench.bench.quality import QualityMetrics
 from samplerbench.bench.progress import Progress
 from samplerbench.bench.spec import NamedParams, Spec
 from samplerbench.bench.store import BUDGET_MESSAGE, RowStore, latest_rows, read_rows
@@ -75,6 +78,7 @@ class Cell:
     state_dtype: str           # the solver state's
     device: str
     compile: str | None = None  # torch.compile backend of the model (None: eager)
+    nfe_budget: int | None = None  # an NFE budget: steps = the largest N within it (run time)
 
     def solver_params(self) -> dict:
         params = dict(self.solver.params)
@@ -88,7 +92,8 @@ class Cell:
                 "grid_params": self.grid.params, "final": self.final, "steps": self.steps,
                 "n_samples": self.n_samples, "seed": self.seed, "noise": self.noise,
                 "guidance": self.guidance, "dtype": self.dtype, "state_dtype": self.state_dtype,
-                "device": self.device, "compile": self.compile}
+                "device": self.device, "compile": self.compile,
+                **({"nfe_budget": self.nfe_budget} if self.nfe_budget is not None else {})}
 
     @property
     def case_id(self) -> str:
@@ -98,7 +103,8 @@ class Cell:
     @property
     def label(self) -> str:
         s = self.solver.key()
-        budget = f"steps={self.steps}" if self.steps is not None else f"tol={self.tol:g}"
+        budget = (f"nfe<={self.nfe_budget}" if self.nfe_budget is not None else
+                  f"steps={self.steps}" if self.steps is not None else f"tol={self.tol:g}")
         noise = f" noise={self.noise}" if self.noise else ""
         w = f" w={self.guidance:g}" if self.guidance is not None else ""
         return f"{self.model} {s} {self.grid.key()} {budget}{noise}{w}"
@@ -110,10 +116,11 @@ def expand_cells(spec: Spec, device: str) -> list[Cell]:
         for grid in spec.grids:
             for s in spec.solvers:
                 solver = get_solver(s.name, **s.params)
-                budgets = ([(None, t) for t in spec.tolerances] if solver.adaptive
-                           else [(n, None) for n in spec.steps])
+                budgets = ([(None, t, None) for t in spec.tolerances] if solver.adaptive
+                           else [(n, None, None) for n in spec.steps]
+                           + [(None, None, b) for b in spec.nfe])
                 noises = spec.noise if solver.stochastic else [None]
-                for steps, tol in budgets:
+                for steps, tol, nfe_budget in budgets:
                     for noise in noises:
                         for w in spec.guidance:
                             for dtype in spec.dtype:
@@ -123,7 +130,7 @@ def expand_cells(spec: Spec, device: str) -> list[Cell]:
                                     "float64" if dtype == "float64" else "float32")
                                 cells.append(Cell(model, s, grid, spec.final, steps, tol, noise,
                                                   w, spec.samples, spec.seed, dtype, state,
-                                                  device, spec.compile))
+                                                  device, spec.compile, nfe_budget))
     return cells
 
 
@@ -152,7 +159,9 @@ class Runner:
         self._grids: dict = {}
         self._x_inits: dict = {}
         self._timers: dict = {}
-        self._fid = None
+        self.quality = QualityMetrics(self.out / "cache", kid=getattr(spec, "kid", False),
+                                      fid_features=getattr(spec, "fid_features", "auto"))
+        self._budget_rows: dict = {}   # resolved budget cells computed in this process
         self._git_sha = git_sha()      # the code this run loaded: read once, not per row
 
     # ------------------------------------------------------------------------------------------
@@ -277,52 +286,6 @@ class Runner:
             self._refs[key] = sol.x.detach().cpu()
         return self._refs[key]
 
-    def weak_metrics(self, den, cell: Cell, x: torch.Tensor) -> dict:
-        """Distributional distances of the samples.
-
-        Analytic mixture: Frechet distance to its exact moments (``fid``, ``fid_features =
-        "data:exact-moments"``) and sliced Wasserstein distance to exact samples.  Model of the
-        digits data: FID with the shipped digits feature network (at least 128 samples), or
-        Inception with ``fid_features = "inception"``; with ``kid = true`` also KID (``kid``,
-        ``kid_std``, ``kid_protocol``) with the same features.
-        Model of a 2-D toy: Frechet distance to the training-data moments and sliced Wasserstein
-        distance to 10,000 fresh data samples (fixed seed)."""
-        out = {}
-        mixture = getattr(den, "mixture", None)
-        dataset = getattr(den, "dataset", None)
-        flat = x.reshape(x.shape[0], -1).double()
-        if mixture is not None:
-            out["fid"] = frechet_gaussian(flat, mixture.mean(), mixture.covariance())
-            out["fid_features"] = "data:exact-moments"
-            n_exact = max(4096, 4 * x.shape[0])
-            key = ("exact", id(mixture), n_exact)
-            if key not in self._refs:                       # drawn once per model
-                self._refs[key] = mixture.sample(n_exact, torch.Generator().manual_seed(12345))
-            out["swd"] = swd(flat, self._refs[key])
-        elif dataset == "digits":
-            kid = getattr(self.spec, "kid", False)
-            if self._fid is None and (x.shape[0] >= 128 or kid):
-                from samplerbench.bench.fid import DigitsFID
-
-                self._fid = DigitsFID(cache_dir=self.out / "cache", kid=kid,
-                                      features=getattr(self.spec, "fid_features", "auto"))
-            if x.shape[0] >= 128:
-                out["fid"] = self._fid(x)
-                out["fid_features"] = self._fid.protocol
-            if kid and x.shape[0] >= 2:                      # kid, kid_std, kid_protocol
-                out.update(self._fid.kid(x))
-        elif dataset is not None:
-            from samplerbench.models.data import toy_2d
-
-            key = ("data", dataset)
-            if key not in self._refs:
-                self._refs[key] = toy_2d(dataset, 10_000, seed=12345).reshape(10_000, -1).double()
-            ref = self._refs[key]
-            out["fid"] = frechet_gaussian(flat, ref.mean(0), torch.cov(ref.T))
-            out["fid_features"] = f"data:{dataset}-moments"
-            out["swd"] = swd(flat, ref)
-        return out
-
     # ------------------------------------------------------------------------------------------
     def _solve(self, solver, den, grid, x_init, seeds, noise_mode, cond=None):
         dyn = solver.make_dynamics(den, cond)
@@ -331,7 +294,7 @@ class Runner:
         return solver.solve(dyn, x_init, grid, noise)
 
     def _sharded(self, solver, den, grid, x_init, cell: Cell, repeats: int, warmup: int,
-                 cond: dict | None = None):
+                 cond: dict | None = None, single_over_s: float | None = None):
         """Solve this rank's share of the samples (timed), gather on every rank.
 
         Returns a dict with x (all samples, CPU), status, message, nfe, forward_passes, wall
@@ -372,8 +335,8 @@ class Runner:
             peak.start()
             while True:
                 try:
-                    (sol, chunks), wall, _ = timed(lambda: once(chunks), self.device, warmup,
-                                                   repeats)
+                    (sol, chunks), wall, times = timed(lambda: once(chunks), self.device,
+                                                       warmup, repeats, single_over_s)
                     break
                 except torch.OutOfMemoryError:
                     if self.device.type == "cuda":
@@ -383,7 +346,7 @@ class Runner:
                     chunks = 2
                     note = (f"out of memory at batch {len(ss)}; solved in 2 chunks "
                             f"(NFE is per chunk)")
-            model_s = sorted(walls[-repeats:])[len(walls[-repeats:]) // 2]
+            model_s = sorted(walls[-len(times):])[len(times) // 2]
             local["mem"], local["mem_kind"] = peak.stop()
             local.update(status=sol.status, message=sol.message or note, nfe=sol.nfe,
                          fp=sol.forward_passes, wall=wall, x=sol.x.detach().cpu(), model=model_s)
@@ -412,13 +375,44 @@ class Runner:
                 "mem": max((p["mem"] for p in parts if p["mem"] is not None), default=None),
                 "mem_kind": parts[0]["mem_kind"]}
 
+    def _blank_row(self, cell: Cell, case_id: str | None = None) -> dict:
+        return {**cell.config(), "case_id": case_id or cell.case_id, "nfe": None,
+                "forward_passes": None, "status": "ok", "message": "", "fid": None,
+                "fid_features": None, "swd": None, "err_rms": None, "err_max": None,
+                "nonconv": None, "wall_s": None, "time_per_sample_s": None,
+                "peak_mem_bytes": None, "git_sha": self._git_sha,
+                "torch_version": torch.__version__, "device": str(self.device),
+                "max_nfe": self.spec.max_nfe, "blocks": self.spec.blocks}
+
     def run_cell(self, cell: Cell) -> dict:
-        row = {**cell.config(), "case_id": cell.case_id, "nfe": None, "forward_passes": None,
-               "status": "ok", "message": "", "fid": None, "fid_features": None, "swd": None,
-               "err_rms": None, "err_max": None, "nonconv": None, "wall_s": None,
-               "time_per_sample_s": None, "peak_mem_bytes": None, "git_sha": self._git_sha,
-               "torch_version": torch.__version__, "device": str(self.device),
-               "max_nfe": self.spec.max_nfe}
+        """One row for ``cell``.  A budget cell (``nfe_budget``) first gets its step count
+        (:func:`samplerbench.bench.budgets.steps_for_budget`); two budgets that resolve to the
+        same step count are one computation (the second row copies the first's numbers)."""
+        if cell.nfe_budget is None:
+            return self._run_cell(cell)
+        try:
+            solver = get_solver(cell.solver.name, **cell.solver_params())
+            fit = steps_for_budget(solver, self.model(cell.model), cell.grid.name,
+                                   cell.grid.params, cell.final, cell.nfe_budget)
+        except UserError:
+            raise
+        except Exception as exc:
+            return {**self._blank_row(cell), "status": "failed", "message": _failure(exc)}
+        if fit is None:
+            return {**self._blank_row(cell), "status": "skipped", "message": (
+                f"one step of {cell.solver.name} costs more than the NFE budget "
+                f"{cell.nfe_budget}")}
+        resolved = dataclasses.replace(cell, steps=fit[0])
+        memo = json.dumps({**resolved.config(), "nfe_budget": None}, sort_keys=True, default=str)
+        hit = self._budget_rows.get(memo)
+        if hit is not None:
+            return {**hit, "case_id": cell.case_id, "nfe_budget": cell.nfe_budget}
+        row = self._run_cell(resolved, case_id=cell.case_id)
+        self._budget_rows[memo] = row
+        return row
+
+    def _run_cell(self, cell: Cell, case_id: str | None = None) -> dict:
+        row = self._blank_row(cell, case_id)
         try:
             den = self.model(cell.model)
             base = den                     # the model itself: its dataset / mixture for metrics
@@ -445,7 +439,8 @@ class Runner:
                 return row
             x_init = self._x_init(den, grid, cell)
             sol = self._sharded(solver, run_den, grid, x_init, cell, self.spec.repeats,
-                                self.spec.warmup, cond)
+                                self.spec.warmup, cond,
+                                single_over_s=None if cell.compile else self.spec.single_over_s)
             wall = sol["wall"]
             row.update(nfe=sol["nfe"], forward_passes=sol["fp"], wall_s=wall,
                        model_s=sol["model"],
@@ -476,7 +471,11 @@ class Runner:
                 row["reference"] = (f"{solver.name} at {self.spec.sde_ref_steps} steps on the "
                                     f"same Brownian path")
             if self.spec.weak:
-                row.update(self.weak_metrics(base, cell, x))
+                quality = self.quality(base, x, self.spec.blocks)
+                note = quality.pop("note", None)
+                row.update(quality)
+                if note:                     # e.g. too few samples for the FID protocol
+                    row["message"] = "; ".join(m for m in (row["message"], note) if m)
             if sol2 is not None and sol2["status"] == "ok":
                 row["nonconv"] = nonconv(x, sol2["x"])
         except UserError:

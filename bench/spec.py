@@ -6,6 +6,8 @@ models  = ["gmm2d", "gmm64", "gmm:my_mixture.json"]
 solvers = ["euler", "heun", { name = "euler_ancestral", eta = 1.0 }]
 grids   = ["karras", { name = "uniform" }]
 steps   = [4, 8, 16, 32]          # fixed-step solvers
+nfe     = [6, 8, 10]              # and/or equal budgets: per solver the largest step count whose
+                                  # counted NFE is <= the budget (recorded: nfe_budget, steps, nfe)
 tolerances = [1e-3, 1e-5]         # adaptive solvers: rtol = atol = tol
 final   = "zero"                  # or "t_min" (no denoise step; convergence studies)
 samples = 64
@@ -30,6 +32,8 @@ sde_steps = 1024                  # stochastic cells, brownian noise: the same s
 [timing]
 warmup = 1
 repeats = 3
+single_over_s = 1.0               # a cell whose first solve takes >= this is timed by that solve
+                                  # alone (its samples are the scored ones); false: always repeat
 
 [metrics]
 nonconv = true                    # also solve at 2N steps (same seed): RMS(x_N - x_2N);
@@ -37,6 +41,8 @@ nonconv = true                    # also solve at 2N steps (same seed): RMS(x_N 
 weak = true                       # distributional distances (Frechet / swd / FID) where defined
 kid = false                       # digits models: also KID (kid, kid_std, kid_protocol)
 fid_features = "auto"             # digits FID/KID features: "auto" (digits network) | "inception"
+blocks = 8                        # seed blocks for the jackknife se of quality metrics (>= 2,
+                                  # dividing samples; default: the largest divisor of samples <= 8)
 ```
 Every problem raises ``UserError`` naming the field, the value and the valid choices, before any
 output is written.
@@ -57,11 +63,13 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "mps", "auto")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
-_TOP_KEYS = {"name", "description", "models", "solvers", "grids", "steps", "tolerances", "final",
+_TOP_KEYS = {"name", "description", "models", "solvers", "grids", "steps", "nfe", "tolerances",
+             "final",
              "samples", "seed", "noise", "guidance", "dtype", "state_dtype", "device", "threads",
              "compile", "max_nfe", "reference", "timing", "metrics"}
-_SUB_KEYS = {"reference": {"rtol", "atol", "sde_steps"}, "timing": {"warmup", "repeats"},
-             "metrics": {"nonconv", "error", "weak", "kid", "fid_features"}}
+_SUB_KEYS = {"reference": {"rtol", "atol", "sde_steps"},
+             "timing": {"warmup", "repeats", "single_over_s"},
+             "metrics": {"nonconv", "error", "weak", "kid", "fid_features", "blocks"}}
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,9 @@ class Spec:
     threads: int | None = None        # torch intra-op threads (None: torch's default)
     compile: str | None = None        # torch.compile backend of the model (None: not compiled)
     max_nfe: int | None = None        # model calls per solve before a cell stops (None: no cap)
+    nfe: list[int] = field(default_factory=list)   # NFE budgets (fixed-step solvers)
+    blocks: int | None = None         # seed blocks of the quality metrics' jackknife (None: none)
+    single_over_s: float | None = 1.0  # time a cell by its first solve alone when it is this slow
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -183,7 +194,11 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
 
     fixed = [s for s in instances if not s.adaptive]
     adaptive = [s for s in instances if s.adaptive]
-    steps = [_int("steps", v, 1) for v in _list(raw, "steps")] if fixed or "steps" in raw else []
+    nfe = [_int("nfe", v, 1) for v in _list(raw, "nfe")] if "nfe" in raw else []
+    if len(set(nfe)) != len(nfe):
+        raise UserError("nfe", raw["nfe"], hint="each NFE budget once")
+    steps = ([_int("steps", v, 1) for v in _list(raw, "steps")]
+             if (fixed and not nfe) or "steps" in raw else [])
     tolerances = []
     if adaptive or "tolerances" in raw:
         for v in _list(raw, "tolerances"):
@@ -199,6 +214,18 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     if final not in FINALS:
         raise UserError("final", final, FINALS)
     samples = _int("samples", raw.get("samples", 64), 1)
+    from samplerbench.bench.stats import default_blocks
+
+    blocks = (raw.get("metrics") or {}).get("blocks") if isinstance(raw.get("metrics"), dict) \
+        else None
+    if blocks is None:
+        blocks = default_blocks(samples)
+    else:
+        _int("metrics.blocks", blocks, 2)
+        if samples % blocks:
+            raise UserError("metrics.blocks", blocks, hint=f"the seed blocks must divide "
+                            f"samples = {samples} (e.g. blocks = "
+                            f"{default_blocks(samples) or 'none: choose samples with a divisor'})")
     seed = _int("seed", raw.get("seed", 0), 0)
     noise = _list(raw, "noise", ["fresh"])
     for n in noise:
@@ -271,8 +298,18 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
         nonconv=metrics.get("nonconv", True), error=metrics.get("error", True), threads=threads,
         weak=metrics.get("weak", True), kid=metrics.get("kid", False), fid_features=fid_features,
         sde_ref_steps=_int("reference.sde_steps", ref.get("sde_steps", 1024), 2),
-        compile=compile_, max_nfe=max_nfe,
+        compile=compile_, max_nfe=max_nfe, nfe=nfe, blocks=blocks,
+        single_over_s=_single_over(timing.get("single_over_s", 1.0)),
     )
+
+
+def _single_over(v) -> float | None:
+    """``[timing] single_over_s``: seconds (> 0), or false for "always warm up and repeat"."""
+    if v is False:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise UserError("timing.single_over_s", v, hint="seconds > 0, or false")
+    return float(v)
 
 
 def parse_compile(value, field_name: str = "compile") -> str | None:

@@ -13,6 +13,9 @@ ROW_KEYS = (
     "forward_passes", "n_samples", "seed", "guidance", "noise", "device", "dtype", "state_dtype",
     "status", "message", "reference", "err_rms", "err_max", "fid", "fid_features", "kid",
     "kid_std", "kid_protocol", "swd", "nonconv", "wall_s", "model_s", "overhead_s",
+    "nfe_budget", "blocks", "fid_se", "fid_blocks", "fid_floor", "fid_floor_sd", "kid_se",
+    "kid_blocks", "kid_floor", "kid_floor_sd", "swd_se", "swd_blocks", "swd_floor",
+    "swd_floor_sd", "err_rms_se", "x_fingerprint", "x_rms", "train_reached", "train_distinct",
     "time_per_sample_s", "peak_mem_bytes", "peak_mem_kind", "compile", "max_nfe", "git_sha",
     "torch_version",
 )
@@ -53,7 +56,7 @@ def over_budget(row: dict) -> bool:
 # inputs have grown over versions (state_dtype, compile), so readers compare the fields
 CELL_FIELDS = ("model", "solver", "solver_params", "grid", "grid_params", "final", "steps",
                "n_samples", "seed", "noise", "guidance", "dtype", "state_dtype", "device",
-               "compile")
+               "compile", "nfe_budget")
 
 
 def cell_key(row: dict) -> str:
