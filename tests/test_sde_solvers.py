@@ -88,6 +88,16 @@ PEERS = {
         m, x, s, eta=0.8, noise_sampler=ns, disable=True)),
     "dpmpp_sde": ({}, lambda m, x, s, ns: K.sample_dpmpp_sde(
         m, x, s, noise_sampler=ns, disable=True)),
+    "dpm_2_ancestral": ({}, lambda m, x, s, ns: K.sample_dpm_2_ancestral(
+        m, x, s, noise_sampler=ns, disable=True)),
+    "dpm_2_ancestral/eta": ({"eta": 0.6, "s_noise": 1.1}, lambda m, x, s, ns:
+                            K.sample_dpm_2_ancestral(m, x, s, eta=0.6, s_noise=1.1,
+                                                     noise_sampler=ns, disable=True)),
+    "dpmpp_2s_ancestral": ({}, lambda m, x, s, ns: K.sample_dpmpp_2s_ancestral(
+        m, x, s, noise_sampler=ns, disable=True)),
+    "dpmpp_2s_ancestral/eta": ({"eta": 0.4, "s_noise": 0.9}, lambda m, x, s, ns:
+                               K.sample_dpmpp_2s_ancestral(m, x, s, eta=0.4, s_noise=0.9,
+                                                           noise_sampler=ns, disable=True)),
 }
 
 
@@ -181,7 +191,9 @@ def test_eta_zero_reduces_to_the_ode_solvers(model_name):
     # (the heun variant at eta = 0 is another second-order multistep formula, not dpmpp_2m)
     for sde, ode, params in (("dpmpp_2m_sde", "dpmpp_2m", {}),
                              ("dpmpp_3m_sde", "dpmpp_3m", {}),
-                             ("dpmpp_sde", "dpmpp_2s", {})):
+                             ("dpmpp_sde", "dpmpp_2s", {}),
+                             ("dpmpp_2s_ancestral", "dpmpp_2s", {}),
+                             ("dpm_2_ancestral", "dpm_2", {})):
         a = _solve(sde, model_name, 10, "fresh", seeds, eta=0.0, **params).x
         b = _solve(ode, model_name, 10, None, seeds).x
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=f"{sde} {params}")
@@ -210,6 +222,8 @@ def test_kdiffusion_eta_is_the_square_of_the_sde_eta():
     assert get_solver("dpmpp_3m_sde", eta=1.0).make_dynamics(den).eta == 1.0
     assert get_solver("euler_ancestral", eta=0.5).make_dynamics(den).eta == 0.5
     assert get_solver("dpmpp_sde", eta=0.5).make_dynamics(den).eta == 0.5
+    assert get_solver("dpm_2_ancestral", eta=0.5).make_dynamics(den).eta == 0.5
+    assert get_solver("dpmpp_2s_ancestral", eta=0.5).make_dynamics(den).eta == 0.5
 
 
 @pytest.mark.parametrize("noise", ["fresh", "brownian"])
@@ -246,6 +260,8 @@ def test_declines_or_runs_from_alpha_zero(name):
     ("dpmpp_2m_sde", {"solver_type": "rk4"}, "midpoint"),
     ("dpmpp_3m_sde", {"eta": -1.0}, "eta"),
     ("dpmpp_sde", {"r": 1.0}, "r must"),
+    ("dpm_2_ancestral", {"eta": -0.5}, "eta"),
+    ("dpmpp_2s_ancestral", {"s_noise": -1.0}, "s_noise"),
     ("edm_stochastic", {"S_min": 5.0, "S_max": 1.0}, "S_min"),
     ("torchsde_srk", {"eta": -0.1}, "eta"),
 ])

@@ -1,4 +1,5 @@
-"""DPM-2 (k-diffusion ``sample_dpm_2``): a midpoint step in log(sigma/alpha)."""
+"""DPM-2 (k-diffusion ``sample_dpm_2``): a midpoint step in log(sigma/alpha); and its ancestral
+variant ``dpm_2_ancestral`` (``sample_dpm_2_ancestral``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from samplerbench.solvers.base import Solver
 from samplerbench.solvers.diffusion import fused
+from samplerbench.solvers.diffusion.euler_ancestral import ancestral_split
 from samplerbench.solvers.diffusion.fused import lincomb, prime
 from samplerbench.solvers.registry import register_solver
 
@@ -73,3 +75,69 @@ class DPM2(Solver):
         # alpha_1 (x / alpha_0 + (r1 - r0) eps_mid),  eps_mid = (x_mid - alpha_mid x0_mid) / sigma_mid
         e = a1 * (r1 - r0) / s_m
         return lincomb((a1 / a0, x), (e, x_mid), (-e * a_m, x0_mid)), state
+
+
+@register_solver
+@dataclass(frozen=True)
+class DPM2Ancestral(Solver):
+    """k-diffusion's DPM-2 ancestral (``sample_dpm_2_ancestral``): split the step from
+    sigmabar_0 = sigma_0/alpha_0 to sigmabar_1 into a deterministic part down to
+    sigma_down and fresh noise of scale sigma_up (``euler_ancestral``'s split with this ``eta``:
+    sigma_up = min(sigmabar_1, eta sigmabar_1 sqrt(1 - sigmabar_1^2/sigmabar_0^2)),
+    sigma_down = sqrt(sigmabar_1^2 - sigma_up^2)); the deterministic part is a DPM-2 step
+    (``dpm_2``: Euler to the log-midpoint sqrt(sigmabar_0 sigma_down), eps_hat there, the whole
+    step with it), then xbar_1 = xbar_down + s_noise sigma_up z, x_1 = alpha_1 xbar_1.
+
+    Stochastic (takes a noise source, ``fresh`` or ``brownian``), 2 NFE per step; weak order 1
+    at eta = 1 (the ancestral noise is first order; the DPM-2 part is second order and eta = 0 is
+    ``dpm_2``).  Like every ancestral sampler it does not converge pathwise with fresh noise.
+    Equals ``sample_dpm_2_ancestral`` on an EDM model and on the VE view of any other, given the
+    same draws.  A step from alpha = 0 (rectified flow at t = 1) is the first-order ancestral
+    step (1 NFE).  Where sigma_down = 0 (eta > 1) the step lands on x0_hat plus the noise;
+    k-diffusion skips the noise there."""
+
+    eta: float = 1.0
+    s_noise: float = 1.0
+
+    name = "dpm_2_ancestral"
+    kind = "sde"
+    weak_order = 1.0
+    stages = 2
+    stochastic = True
+    reference = ("Crowson, k-diffusion sample_dpm_2_ancestral; Lu et al. 2022 (DPM-Solver-2); "
+                 "Ho et al. 2020 ancestral sampling")
+
+    def __post_init__(self):
+        for key in ("eta", "s_noise"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"{key} must be a number >= 0, got {v!r}")
+
+    def init_state(self, dynamics, x, grid):
+        prime(dynamics, grid)
+        return None
+
+    def step(self, dynamics, t0, t1, x, state, noise):
+        x0 = dynamics.denoise(t0, x)
+        a0, s0, _, _ = dynamics.scalars(t0)
+        a1 = dynamics.scalars(t1)[0]
+        r0, r1 = fused.ratio(dynamics, t0), fused.ratio(dynamics, t1)
+        down, up = ancestral_split(r0, r1, float(self.eta))
+        if math.isinf(r0) or down == 0.0:
+            # first order: alpha_1 (x0 + down eps0), eps0 = (x - alpha_0 x0) / sigma_0
+            c = a1 * down / s0
+            out = lincomb((c, x), (a1 - c * a0, x0))
+        else:
+            r_mid = math.exp(math.log(r0) + 0.5 * (math.log(down) - math.log(r0)))
+            t_mid = float(dynamics.schedule.t_from_ratio(r_mid))
+            a_m, s_m, _, _ = dynamics.scalars(t_mid)
+            c = a_m * r_mid / s0
+            x_mid = lincomb((c, x), (a_m - c * a0, x0))
+            del x0
+            x0_mid = dynamics.denoise(t_mid, x_mid)
+            # alpha_1 (x / alpha_0 + (down - r0) eps_mid)
+            e = a1 * (down - r0) / s_m
+            out = lincomb((a1 / a0, x), (e, x_mid), (-e * a_m, x0_mid))
+        if up > 0.0 and self.s_noise > 0.0:
+            out.add_(noise(t0, t1), alpha=a1 * up * float(self.s_noise))
+        return out, state

@@ -222,3 +222,55 @@ class DPMSolverPPSDE(Solver):
         fac = 0.5 / self.r
         x0_d = (1.0 - fac) * x0 + fac * x0_s
         return self._ancestral(sched, t0, t1, x, x0_d, noise, t1), state
+
+
+@register_solver
+@dataclass(frozen=True)
+class DPMSolverPP2SAncestral(Solver):
+    """DPM-Solver++(2S) ancestral (k-diffusion ``sample_dpmpp_2s_ancestral``): split the step from
+    sigmabar_0 = sigma_0/alpha_0 to sigmabar_1 into sigma_down and sigma_up as ``euler_ancestral``
+    (this ``eta``), take a DPM-Solver++(2S) step (``dpmpp_2s``, r = 1/2) from sigmabar_0 to
+    sigma_down: with sigma_s = sqrt(sigmabar_0 sigma_down) (lambda midway),
+        xbar_s = (sigma_s/sigmabar_0) xbar + (1 - sigma_s/sigmabar_0) x0_hat(xbar, sigmabar_0),
+        xbar_down = (sigma_down/sigmabar_0) xbar + (1 - sigma_down/sigmabar_0) x0_hat(xbar_s, sigma_s),
+    then xbar_1 = xbar_down + s_noise sigma_up z and x_1 = alpha_1 xbar_1.
+
+    Stochastic (takes a noise source, ``fresh`` or ``brownian``), 2 NFE per step; weak order 1
+    at eta = 1; eta = 0 is the ODE solver ``dpmpp_2s`` (order 2).  With fresh noise it does not
+    converge pathwise.  Equals ``sample_dpmpp_2s_ancestral`` on the VE view of any model, given the
+    same draws (k-diffusion draws noise on every step into sigma > 0, also when sigma_up = 0;
+    this one draws only when sigma_up > 0).  A step from alpha = 0 (lambda = -inf) or with
+    sigma_down = 0 is the first-order ancestral step, 1 NFE."""
+
+    eta: float = 1.0
+    s_noise: float = 1.0
+
+    name = "dpmpp_2s_ancestral"
+    kind = "sde"
+    weak_order = 1.0
+    stages = 2
+    stochastic = True
+    reference = ("Lu, Zhou, Bao, Chen, Li & Zhu 2022, DPM-Solver++ (2S); Crowson, k-diffusion "
+                 "sample_dpmpp_2s_ancestral")
+
+    def __post_init__(self):
+        _check_eta_noise(self.eta, self.s_noise)
+
+    def step(self, dynamics, t0, t1, x, state, noise):
+        sched = dynamics.schedule
+        x0 = dynamics.denoise(t0, x)
+        r0, r1 = float(sched.ratio(t0)), float(sched.ratio(t1))
+        down, up = ancestral_split(r0, r1, float(self.eta))
+        a1, _ = coeffs(sched, t1)
+        _, s0 = coeffs(sched, t0)
+        if not (math.isinf(r0) or down == 0.0):
+            r_s = math.exp(-0.5 * (-math.log(r0) - math.log(down)))
+            t_s = float(sched.t_from_ratio(r_s))
+            a_s, _ = coeffs(sched, t_s)
+            x_s = (a_s * r_s / s0) * x + (a_s * -math.expm1(math.log(r_s / r0))) * x0
+            x0 = dynamics.denoise(t_s, x_s)
+        frac = 0.0 if math.isinf(r0) else down / r0
+        out = (a1 * down / s0) * x + (a1 * (1.0 - frac)) * x0
+        if up > 0.0 and self.s_noise > 0.0:
+            out = out + (a1 * up * self.s_noise) * noise(t0, t1)
+        return out, state
