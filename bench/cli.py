@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
 import sys
+from pathlib import Path
 
 from samplerbench.models.errors import UserError
 
@@ -37,7 +39,24 @@ def _value(text: str):
         lowered = text.lower()
         if lowered in ("true", "false"):
             return lowered == "true"
+        if lowered.lstrip("+-") in ("nan", "inf", "infinity"):
+            return float(lowered)        # a number, for the solver's own check to judge
         return text
+
+
+def _count(text: str) -> int:
+    """An integer argument; 1e9 is read as 1000000000, so the range check can name the limit."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not v.is_integer():
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}")
+    return int(v)
 
 
 def _kv(items, field: str) -> dict:
@@ -127,7 +146,11 @@ def cmd_run(args) -> int:
         if args.max_nfe < 1:
             raise UserError("--max-nfe", args.max_nfe, hint="a positive number of model calls")
         spec = dataclasses.replace(spec, max_nfe=args.max_nfe)
-    summary = run_spec(spec, args.out, device=args.device, resume=not args.no_resume,
+    from samplerbench.bench.store import check_out_dir
+
+    field = "--out" if args.out else f"--out (default, from the spec name {spec.name!r})"
+    out = check_out_dir(args.out or Path("results") / spec.name, field)
+    summary = run_spec(spec, out, device=args.device, resume=not args.no_resume,
                        progress=not args.quiet)
     status = summary["matrix_status"]          # over the whole matrix, reused cells included
     bad = {k: status[k] for k in ("failed", "diverged") if status.get(k)}
@@ -152,7 +175,15 @@ def cmd_sample(args) -> int:
 
 def cmd_report(args) -> int:
     from samplerbench.bench.report import write_report
+    from samplerbench.bench.store import check_out_dir, check_writable
 
+    run_dir = Path(args.dir)
+    if not run_dir.is_dir():
+        raise UserError("report DIR", args.dir, hint="not a directory; give the --out of a run")
+    if (run_dir / "report").exists():
+        check_out_dir(run_dir / "report", "report DIR/report")
+    else:
+        check_writable(run_dir, "report DIR", args.dir)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out = write_report(args.dir, formats)
     print(f"wrote {out}")
@@ -251,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sm.add_argument("model")
     sm.add_argument("solver")
-    sm.add_argument("--steps", type=int, required=True)
+    sm.add_argument("--steps", type=_count, required=True)
     sm.add_argument("--grid", default="karras")
     sm.add_argument("--final", default="zero", choices=["zero", "t_min"])
     sm.add_argument("--n", type=int, default=64)
@@ -303,6 +334,11 @@ def main(argv=None) -> int:
         return args.fn(args)
     except UserError as exc:
         sys.stderr.write(f"samplerbench: error: {exc}\n")
+        return 2
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        # a path the user gave that cannot be used as one (the checks above name most of them)
+        sys.stderr.write(f"samplerbench: error: invalid path: {exc.filename!r}; "
+                         f"{exc.strerror or exc}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("samplerbench: interrupted; finished cells are in rows.jsonl\n")

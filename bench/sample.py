@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from samplerbench.bench.runner import DTYPES, resolve_device
+from samplerbench.bench.store import atomic_open, check_out_file
 from samplerbench.models.errors import UserError
 from samplerbench.models.zoo import load_model
 from samplerbench.solvers import get_solver, initial_noise, make_grid, make_noise
@@ -40,12 +41,16 @@ def draw(model: str, solver: str, steps: int, grid: str = "karras", final: str =
 
 
 def sample_to_npz(model, solver, steps, out, **kw) -> dict:
-    x_init, sol, g = draw(model, solver, steps, **kw)
+    """Draw samples and write them to ``out`` (.npz) atomically; ``out`` is checked before the
+    solve, so a bad path costs no compute."""
     path = Path(out)
     if path.suffix != ".npz":
         raise UserError("--out", str(out), hint="the output file must end in .npz")
+    check_out_file(path, "--out")
+    x_init, sol, g = draw(model, solver, steps, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x_init=x_init.cpu().double().numpy(), x=sol.x.detach().cpu().double().numpy(),
-             t=g.t.numpy(), nfe=np.int64(sol.nfe), forward_passes=np.int64(sol.forward_passes),
-             status=np.str_(sol.status))
+    with atomic_open(path, "wb") as f:
+        np.savez(f, x_init=x_init.cpu().double().numpy(),
+                 x=sol.x.detach().cpu().double().numpy(), t=g.t.numpy(), nfe=np.int64(sol.nfe),
+                 forward_passes=np.int64(sol.forward_passes), status=np.str_(sol.status))
     return {"n": x_init.shape[0], "nfe": sol.nfe, "status": sol.status}

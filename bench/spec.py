@@ -53,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,29 @@ def _int(key, v, lo=None):
     return v
 
 
+def _steps(v) -> int:
+    from samplerbench.solvers.grids import MAX_STEPS
+
+    _int("steps", v, 1)
+    if v > MAX_STEPS:
+        raise UserError("steps", v, hint=f"at most {MAX_STEPS} steps per solve")
+    return v
+
+
+def max_threads() -> int:
+    """The most intra-op threads a spec may ask for: a few per CPU."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_name(name) -> str:
+    """A run name is one safe path component: results/<name> must stay inside results/."""
+    if (not isinstance(name, str) or not name.strip() or name in (".", "..")
+            or any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        raise UserError("name", name, hint="a file name: non-empty, not '.' or '..', without "
+                        "'/', '\\' or control characters (set name = \"...\" in the spec)")
+    return name
+
+
 def _named(key: str, entries: list) -> list[NamedParams]:
     out = []
     for e in entries:
@@ -178,9 +202,7 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
                 if k not in keys:
                     raise UserError(f"{sub} key", k, sorted(keys))
 
-    name = raw.get("name", default_name)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise UserError("name", name, hint="a non-empty string without '/'")
+    name = check_name(raw.get("name", default_name))
 
     models = _list(raw, "models")
     for m in models:
@@ -197,7 +219,7 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     nfe = [_int("nfe", v, 1) for v in _list(raw, "nfe")] if "nfe" in raw else []
     if len(set(nfe)) != len(nfe):
         raise UserError("nfe", raw["nfe"], hint="each NFE budget once")
-    steps = ([_int("steps", v, 1) for v in _list(raw, "steps")]
+    steps = ([_steps(v) for v in _list(raw, "steps")]
              if (fixed and not nfe) or "steps" in raw else [])
     tolerances = []
     if adaptive or "tolerances" in raw:
@@ -280,6 +302,9 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     threads = raw.get("threads")
     if threads is not None:
         _int("threads", threads, 1)
+        if threads > max_threads():
+            raise UserError("threads", threads, hint=f"at most {max_threads()} on this machine "
+                            f"({os.cpu_count()} CPUs x 4); leave it out for torch's choice")
     compile_ = parse_compile(raw.get("compile", False))
     max_nfe = raw.get("max_nfe")
     if max_nfe is not None:
@@ -328,7 +353,10 @@ def load_spec(path: str | Path) -> Spec:
     if not p.is_file():
         raise UserError("spec", str(path), hint="file not found")
     try:
-        raw = tomllib.loads(p.read_text())
+        raw = tomllib.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"spec {p.name}", "not UTF-8", hint=f"byte {exc.start}: save the spec "
+                        "as UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"spec {p.name}", "malformed TOML", hint=str(exc)) from None
     return parse_spec(raw, default_name=p.stem)

@@ -3,10 +3,15 @@ and fsynced as each cell ends) and ``run.json`` (spec + environment provenance).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
+import tempfile
 from pathlib import Path
+
+from samplerbench.models.errors import UserError
 
 ROW_KEYS = (
     "case_id", "model", "solver", "solver_params", "grid", "grid_params", "final", "steps", "nfe",
@@ -27,20 +32,63 @@ def _clean(v):
     return v
 
 
+# a row needs these as strings to be read at all (every version of the store wrote them)
+REQUIRED_KEYS = ("case_id", "model", "solver", "grid", "status")
+_warned: set[str] = set()
+
+
+def _row_problem(obj) -> str | None:
+    """Why a parsed line is not a result row, or None."""
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    if not all(isinstance(obj.get(k), str) for k in REQUIRED_KEYS):
+        return "missing " + ", ".join(REQUIRED_KEYS[:-1]) + " or " + REQUIRED_KEYS[-1]
+    for k in ("solver_params", "grid_params"):
+        if obj.get(k) is not None and not isinstance(obj[k], dict):
+            return f"{k} not an object"
+    return None
+
+
 def read_rows(path: str | Path) -> list[dict]:
-    """All complete rows; a torn last line (a run killed mid-write) is ignored."""
+    """All complete rows.  A torn last line (a run killed mid-write) is ignored silently; any
+    other line that is not a row (bad JSON, bad UTF-8, not an object, without case_id, model,
+    solver, grid, status) is skipped, and one warning line on stderr counts them.  Skipped lines
+    stay in the file: the store never blocks a resume or a report."""
     p = Path(path)
     if not p.exists():
         return []
-    rows = []
-    for line in p.read_text().splitlines():
-        line = line.strip()
-        if not line:
+    if not p.is_file():
+        raise UserError(p.name, str(p), hint="it is not a regular file; move it away or choose "
+                        "another --out")
+    data = p.read_bytes()
+    lines = data.split(b"\n")
+    torn = len(lines) - 1 if lines and lines[-1].strip() else None    # no newline at its end
+    rows, skipped = [], {}
+    for i, raw in enumerate(lines):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            problem = "not UTF-8"
         except json.JSONDecodeError:
-            continue
+            if i == torn:
+                continue
+            problem = "not JSON"
+        else:
+            problem = _row_problem(obj)
+        if problem is None:
+            rows.append(obj)
+        else:
+            skipped[problem] = skipped.get(problem, 0) + 1
+    if skipped:
+        n = sum(skipped.values())
+        what = ", ".join(f"{v} {k}" for k, v in skipped.items())
+        msg = (f"samplerbench: warning: {p}: skipped {n} line{'s' * (n != 1)} that are not "
+               f"result rows ({what}); they are left in the file")
+        if msg not in _warned:                 # once per process, however often it is read
+            _warned.add(msg)
+            print(msg, file=sys.stderr)
     return rows
 
 
@@ -64,6 +112,31 @@ def cell_key(row: dict) -> str:
     return json.dumps([row.get(k) for k in CELL_FIELDS], sort_keys=True, default=str)
 
 
+def row_matches_cell(row: dict, config: dict) -> bool:
+    """Whether ``row`` is a row of the cell with ``config`` (``Cell.config()``).
+
+    case_ids cannot be recomputed from a row (the row records the solver's and grid's full
+    parameters, the cell hashes the ones the spec gave, and older versions hashed fewer fields),
+    so the fields are compared instead: every identity field the row has must equal the cell's,
+    the cell's solver and grid parameters must appear in the row's with the same values, and the
+    device type must agree ("cuda:0" is a "cuda" cell)."""
+    for k in CELL_FIELDS:
+        if k not in row or k not in config:
+            continue                       # a field older versions did not record
+        mine, theirs = config[k], row[k]
+        if k == "device":
+            if str(theirs).split(":")[0] != str(mine).split(":")[0]:
+                return False
+        elif k in ("solver_params", "grid_params"):
+            theirs = theirs or {}
+            if not isinstance(theirs, dict) or any(
+                    kk not in theirs or theirs[kk] != vv for kk, vv in (mine or {}).items()):
+                return False
+        elif theirs != mine:
+            return False
+    return True
+
+
 def latest_rows(rows: list[dict]) -> list[dict]:
     """One row per cell: where a cell was computed again (a larger ``max_nfe``, or a rerun by a
     newer version whose case_id differs), its last row, at the position of the first."""
@@ -84,13 +157,18 @@ class RowStore:
         self.dir = Path(out_dir)
         self.path = self.dir / "rows.jsonl"
 
-    def done_ids(self, max_nfe: int | None = None) -> set[str]:
+    def done_ids(self, max_nfe: int | None = None, cells=None) -> set[str]:
         """Cells finished for a run with NFE cap ``max_nfe``: every cell with a row, except those
-        stopped by a smaller cap than this one (or by any cap, when this run has none)."""
+        stopped by a smaller cap than this one (or by any cap, when this run has none).  Given
+        the run's ``cells``, a row that claims a cell's case_id with another cell's fields is
+        foreign and does not count (:func:`row_matches_cell`)."""
+        rows = latest_rows(read_rows(self.path))
+        if cells is not None:
+            by_id = {c.case_id: c for c in cells}
+            rows = [r for r in rows if r["case_id"] not in by_id
+                    or row_matches_cell(r, by_id[r["case_id"]].config())]
         done = set()
-        for r in latest_rows(read_rows(self.path)):
-            if "case_id" not in r:
-                continue
+        for r in rows:
             if over_budget(r) and (max_nfe is None or (r.get("max_nfe") or 0) < max_nfe):
                 continue
             done.add(r["case_id"])
@@ -113,3 +191,94 @@ class RowStore:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------------------------
+# files the CLI writes: whole or not at all
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", **kw):
+    """Open a temporary file beside ``path`` and move it over ``path`` (``os.replace``) when
+    the block ends without an error: readers see the old file or the new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp's 0600 -> what open() would give
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+def check_writable(folder: Path, field: str, shown: str) -> None:
+    """Create and remove a file in ``folder``: the one test of writability that also holds for
+    root and read-only mounts."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".samplerbench-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UserError(field, shown, hint=f"cannot write there ({exc.strerror or exc}); choose "
+                        "a writable location") from None
+
+
+def check_out_dir(out: str | Path, field: str = "--out") -> Path:
+    """Make sure ``out`` can hold a run (``run.json``, ``rows.jsonl``, ``.lock``, ``cache/``):
+    a writable directory (created here) whose store files, where present, are regular files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(field, str(out), hint="it is an existing file, not a directory; give a "
+                        "directory for the run's files")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(field, str(out), hint=f"cannot create this directory "
+                        f"({exc.strerror or exc}); a part of the path may be a file") from None
+    for name in ("run.json", "rows.jsonl", ".lock"):
+        f = out / name
+        if f.exists() and not f.is_file():
+            raise UserError(f"{field} {name}", str(f), hint="it is not a regular file (a "
+                            "directory?); move it away or choose another --out")
+    if (out / "cache").exists() and not (out / "cache").is_dir():
+        raise UserError(f"{field} cache", str(out / "cache"), hint="it is not a directory; move "
+                        "it away or choose another --out")
+    check_writable(out, field, str(out))
+    return out
+
+
+def check_out_file(path: str | Path, field: str = "--out") -> Path:
+    """Make sure a file can be written at ``path`` before any work is done; nothing is created
+    (the writer creates missing folders)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(field, str(path), hint="it is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        raise UserError(field, str(path), hint="it is not a regular file; give a file path")
+    folder = path.parent.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(field, str(path), hint=f"{folder} is a file, not a folder")
+    check_writable(folder, field, str(path))
+    return path

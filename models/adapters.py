@@ -109,13 +109,41 @@ def load_weights(path: str | Path, map_location="cpu") -> dict:
                         f"checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
-def _check_folder_weights(folder: Path) -> None:
-    """Refuse a diffusers folder whose only weights are a pickle that would run code."""
-    if any(folder.glob("*.safetensors")):
-        return
-    for f in sorted(folder.iterdir()):
-        if f.suffix in _PICKLE_SUFFIXES:
-            load_weights(f)
+WEIGHTS_NAME = "diffusion_pytorch_model"     # what diffusers' from_pretrained loads (no variant)
+
+
+def _check_folder_weights(folder: Path) -> bool:
+    """Check the weights diffusers will load from ``folder``; True if they are safetensors.
+
+    ``from_pretrained`` reads ``diffusion_pytorch_model.safetensors`` (or its sharded index)
+    when present, else the pickled ``diffusion_pytorch_model.bin`` (or its shards): other files
+    in the folder say nothing about what is loaded.  The pickle is opened here with
+    ``weights_only=True`` first, so one that would run code is refused before diffusers sees it;
+    the caller then loads with ``use_safetensors`` set to the answer, so diffusers cannot fall
+    back to a file that was not checked."""
+    for index in (f"{WEIGHTS_NAME}.safetensors", f"{WEIGHTS_NAME}.safetensors.index.json"):
+        if (folder / index).is_file():
+            return True
+    files = []
+    if (folder / f"{WEIGHTS_NAME}.bin").is_file():
+        files = [folder / f"{WEIGHTS_NAME}.bin"]
+    elif (folder / f"{WEIGHTS_NAME}.bin.index.json").is_file():
+        index = _read_json(folder / f"{WEIGHTS_NAME}.bin.index.json", "weights index")
+        shards = index.get("weight_map", {}) if isinstance(index, dict) else None
+        if not isinstance(shards, dict) or not all(isinstance(v, str) for v in shards.values()):
+            raise UserError("weights index", str(folder / f"{WEIGHTS_NAME}.bin.index.json"),
+                            hint="expected a 'weight_map' object of file names")
+        files = [folder / name for name in sorted(set(shards.values()))]
+        for f in files:
+            if f.parent.resolve() != folder.resolve():
+                raise UserError("weights index shard", str(f), hint="shards must lie in the "
+                                "model folder")
+    if not files:
+        raise UserError("diffusers weights", str(folder), hint=f"no {WEIGHTS_NAME}.safetensors "
+                        f"(or {WEIGHTS_NAME}.bin) in the model folder")
+    for f in files:
+        load_weights(f)                 # refuses a pickle that would import or run code
+    return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,9 +290,9 @@ class DiffusersNet(nn.Module):
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(what, str(path), hint=f"cannot read it as JSON ({exc})") from None
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(what, str(path), hint=f"cannot read it as UTF-8 JSON ({exc})") from None
 
 
 def _diffusers_layout(root: Path) -> tuple[Path, Path]:
@@ -319,12 +347,12 @@ def load_diffusers(path: str | Path, prediction_type: str | None = None,
     model_dir, sched_path = _diffusers_layout(root)
     mcfg = _read_json(model_dir / "config.json", "model config.json")
     scfg = _read_json(sched_path, "scheduler_config.json")
-    _check_folder_weights(model_dir)
+    safetensors = _check_folder_weights(model_dir)
     model_cls = _diffusers_class(mcfg.get("_class_name"), "ModelMixin")
     sched_cls = _diffusers_class(scfg.get("_class_name"), "SchedulerMixin")
     with quiet_diffusers():
         model = model_cls.from_pretrained(str(model_dir), local_files_only=True,
-                                          low_cpu_mem_usage=False)
+                                          low_cpu_mem_usage=False, use_safetensors=safetensors)
     model.eval().requires_grad_(False)
     default_cond = dict(cond or {})
     for cpath in (root / "cond.safetensors", model_dir / "cond.safetensors"):
@@ -441,17 +469,35 @@ def load_callable(target: str, what: str = "model"):
             spec = importlib.util.spec_from_file_location(key, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[key] = module
-            spec.loader.exec_module(module)
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(key, None)       # a half-run module is not kept
+                raise
         else:
             module = importlib.import_module(mod_name)
+    except UserError:
+        raise
     except ImportError as exc:
         raise UserError(f"{what} target", target, hint=f"cannot import it ({exc})") from None
+    except SystemExit as exc:
+        # sys.exit() in a user module must not end the run as if it had finished
+        raise UserError(f"{what} target", target, hint=f"importing {mod_name} called "
+                        f"sys.exit({exc.code!r})") from None
+    except Exception as exc:     # SyntaxError, or anything the module raises while it runs
+        raise UserError(f"{what} target", target, hint=f"importing {mod_name} failed: "
+                        f"{_one_line(exc)}") from None
     if not hasattr(module, attr):
         raise UserError(f"{what} target", target, hint=f"{mod_name} has no attribute {attr!r}")
     return getattr(module, attr)
 
 
-def _resolve_network(obj):
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _resolve_network(obj, target: str = "", what: str = "model"):
     """NAME is the network or a zero-argument factory returning it."""
     if isinstance(obj, nn.Module) or not callable(obj):
         return obj
@@ -462,7 +508,16 @@ def _resolve_network(obj):
     required = [p for p in params if p.default is p.empty
                 and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if inspect.isclass(obj) or not required:
-        return obj()
+        try:
+            return obj()
+        except UserError:
+            raise
+        except SystemExit as exc:
+            raise UserError(f"{what} target", target, hint=f"building it called "
+                            f"sys.exit({exc.code!r})") from None
+        except Exception as exc:
+            raise UserError(f"{what} target", target, hint=f"building the network failed: "
+                            f"{_one_line(exc)}") from None
     return obj
 
 
@@ -479,9 +534,13 @@ def _parse_options(text: str, allowed: tuple[str, ...], what: str) -> dict:
 def _shape(value: str | None, net, what: str) -> tuple[int, ...]:
     if value:
         try:
-            return tuple(int(v) for v in value.split(","))
+            shape = tuple(int(v) for v in value.split(","))
         except ValueError:
             raise UserError(f"{what} option shape", value, hint="e.g. shape=3,32,32") from None
+        if any(v < 1 for v in shape):
+            raise UserError(f"{what} option shape", value, hint="positive sizes, e.g. "
+                            "shape=3,32,32")
+        return shape
     c, r = getattr(net, "img_channels", None), getattr(net, "img_resolution", None)
     if c and r:
         return (int(c), int(r), int(r))
@@ -510,16 +569,20 @@ def load_spec(spec: str) -> Denoiser:
             f"use {prefix}:MODULE:FACTORY"))
     if prefix == "edm":
         opts = _parse_options(query, ("shape", "sigma_min", "sigma_max"), "edm")
-        net = _resolve_network(load_callable(target, "edm"))
-        smin = float(opts.get("sigma_min", getattr(net, "sigma_min", 0.002)))
-        smax = float(opts.get("sigma_max", getattr(net, "sigma_max", 80.0)))
+        net = _resolve_network(load_callable(target, "edm"), target, "edm")
+        try:
+            smin = float(opts.get("sigma_min", getattr(net, "sigma_min", 0.002)))
+            smax = float(opts.get("sigma_max", getattr(net, "sigma_max", 80.0)))
+        except (TypeError, ValueError):
+            raise UserError("edm sigma_min/sigma_max", (opts.get("sigma_min"),
+                            opts.get("sigma_max")), hint="numbers, e.g. sigma_max=80") from None
         if not (0 < smin < smax and math.isfinite(smax)):
             raise UserError("edm sigma_min/sigma_max", (smin, smax),
                             hint="0 < sigma_min < sigma_max")
         den = edm_denoiser(net, _shape(opts.get("shape"), net, "edm"), smin, smax)
     else:
         opts = _parse_options(query, ("shape", "signature"), "flow")
-        net = _resolve_network(load_callable(target, "flow"))
+        net = _resolve_network(load_callable(target, "flow"), target, "flow")
         den = flow_denoiser(net, _shape(opts.get("shape"), net, "flow"),
                             opts.get("signature", "auto"))
     den.source = {**den.source, "target": target}

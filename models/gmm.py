@@ -140,12 +140,18 @@ def mixture_from_dict(spec: dict, where: str = "gmm") -> tuple[GaussianMixture, 
                         hint=f"expected [K, d] means with K = len(weights) = {tuple(w.shape)}")
     if (w <= 0).any() or not torch.isfinite(w).all():
         raise UserError(f"{where}.weights", spec["weights"], hint="weights must be positive")
+    if not torch.isfinite(mu).all():
+        raise UserError(f"{where}.means", _first_bad(mu), hint="means must be finite numbers "
+                        "(no NaN or infinity)")
     K, d = mu.shape
     if ("stds" in spec) == ("covs" in spec):
         raise UserError(f"{where}.stds|covs", None, hint="give exactly one of 'stds' or 'covs'")
     if "stds" in spec:
-        std = torch.as_tensor(spec["stds"], dtype=torch.float64)
-        if std.shape != (K,) or (std <= 0).any():
+        try:
+            std = torch.as_tensor(spec["stds"], dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise UserError(f"{where}.stds", str(exc), hint="expected numbers") from None
+        if std.shape != (K,) or not ((std > 0) & torch.isfinite(std)).all():
             raise UserError(f"{where}.stds", spec["stds"], hint=f"expected {K} positive numbers")
         covs = std[:, None, None] ** 2 * torch.eye(d, dtype=torch.float64)
     else:
@@ -155,6 +161,9 @@ def mixture_from_dict(spec: dict, where: str = "gmm") -> tuple[GaussianMixture, 
             raise UserError(f"{where}.covs", str(exc), hint="expected numbers") from None
         if covs.shape != (K, d, d):
             raise UserError(f"{where}.covs", list(covs.shape), hint=f"expected shape [{K}, {d}, {d}]")
+        if not torch.isfinite(covs).all():      # NaN eigenvalues would pass the > 0 test
+            raise UserError(f"{where}.covs", _first_bad(covs), hint="covariances must be finite "
+                            "numbers (no NaN or infinity)")
     try:
         mixture = GaussianMixture(w, mu, covs)
     except ValueError as exc:
@@ -162,11 +171,28 @@ def mixture_from_dict(spec: dict, where: str = "gmm") -> tuple[GaussianMixture, 
     sched = spec.get("schedule", "edm")
     if sched not in SCHEDULES:
         raise UserError(f"{where}.schedule", sched, sorted(SCHEDULES))
-    kw = dict(spec.get("schedule_params", {}))
+    params = spec.get("schedule_params", {})
+    if not isinstance(params, dict):
+        raise UserError(f"{where}.schedule_params", params, hint='an object of numbers, e.g. '
+                        '{"sigma_max": 80}')
+    kw = dict(params)
     for key in ("t_min", "t_max"):
         if key in spec:
             kw[key] = spec[key]
+    for key, v in kw.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            field = f"{where}.{key}" if key in ("t_min", "t_max") else \
+                f"{where}.schedule_params.{key}"
+            raise UserError(field, v, hint="a finite number")
+    if sched in ("rf", "trig") and "t_min" in kw and not 0 < kw["t_min"] < 1:
+        raise UserError(f"{where}.t_min", kw["t_min"], hint=f"the {sched} schedule lives on "
+                        "t in [0, 1]: t_min must lie in (0, 1)")
     return mixture, {"name": sched, **kw}
+
+
+def _first_bad(x: Tensor):
+    """The first non-finite entry, for the message."""
+    return float(x[~torch.isfinite(x)][0])
 
 
 def load_gmm_json(path: str) -> GMMDenoiser:
@@ -174,7 +200,10 @@ def load_gmm_json(path: str) -> GMMDenoiser:
     if not p.is_file():
         raise UserError("model", f"gmm:{path}", hint="file not found; give gmm:PATH.json")
     try:
-        spec = json.loads(p.read_text())
+        spec = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"gmm:{path}", "not UTF-8", hint=f"byte {exc.start}: save the mixture "
+                        "as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"gmm:{path}", "malformed JSON", hint=str(exc)) from None
     mixture, sched_kw = mixture_from_dict(spec, where=f"gmm:{p.name}")
@@ -183,7 +212,11 @@ def load_gmm_json(path: str) -> GMMDenoiser:
         # rf / trig define t_min through sigma_min
         t = sched_kw.pop("t_min")
         sched_kw["sigma_min"] = t / (1 - t) if name == "rf" else math.tan(0.5 * math.pi * t)
-    schedule = make_schedule(name, **sched_kw)
+    try:
+        schedule = make_schedule(name, **sched_kw)
+    except UserError as exc:       # name the file's keys, not the schedule's derived ones
+        given = {k: spec[k] for k in ("t_min", "t_max", "schedule_params") if k in spec}
+        raise UserError(f"gmm:{p.name} schedule {name!r}", given, hint=exc.hint) from None
     shape = spec.get("data_shape", [mixture.dim])
     if (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)
             or math.prod(shape) != mixture.dim):

@@ -305,10 +305,24 @@ def make_schedule(name: str, **params) -> Schedule:
     if name not in SCHEDULES:
         raise UserError("schedule", name, sorted(SCHEDULES))
     cls = SCHEDULES[name]
+    for key, v in params.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"schedule parameter {key!r} of {name!r}", v, hint="a finite number")
     try:
-        return cls(**params)
+        sched = cls(**params)
     except TypeError as exc:
         import inspect
 
         valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         raise UserError(f"schedule parameters of {name!r}", sorted(params), valid) from exc
+    except (ValueError, ZeroDivisionError, OverflowError) as exc:
+        raise UserError(f"schedule parameters of {name!r}", params, hint=str(exc)) from None
+    lo, hi = sched.t_min, sched.t_max
+    smin, smax = float(sched.sigma_min), float(sched.sigma_max)
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+        raise UserError(f"schedule parameters of {name!r}", params,
+                        hint=f"they give t_min = {lo:g}, t_max = {hi:g}; need 0 < t_min < t_max")
+    if not (math.isfinite(smin) and math.isfinite(smax) and 0 < smin < smax):
+        raise UserError(f"schedule parameters of {name!r}", params, hint=f"they give sigma/alpha "
+                        f"from {smin:g} to {smax:g}; need 0 < sigma_min < sigma_max, finite")
+    return sched

@@ -50,6 +50,7 @@ class Solver:
     adaptive: ClassVar[bool] = False
     stochastic: ClassVar[bool] = False
     reference: ClassVar[str] = ""
+    infinite_ok: ClassVar[tuple[str, ...]] = ()   # float parameters that may be inf
 
     # ------------------------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from samplerbench.models.errors import UserError
 from samplerbench.models.schedules import Schedule
 
 FINALS = ("zero", "t_min")
+MAX_STEPS = 1_000_000      # per solve: a grid of 1e9 points would exhaust memory before it ran
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,14 @@ def _start_ratio(schedule: Schedule) -> float:
 
 
 def _t_min(schedule: Schedule, params: dict) -> float:
-    return float(params.get("t_min", schedule.t_min))
+    if "t_min" not in params:
+        return float(schedule.t_min)
+    v = params["t_min"]
+    if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+            or not 0 < v < float(schedule.t_max)):
+        raise UserError("grid parameter 't_min'", v, hint=f"a number in (0, t_max = "
+                        f"{float(schedule.t_max):g})")
+    return float(v)
 
 
 @register_grid("uniform", {}, "uniform in t from t_max to t_min")
@@ -192,7 +200,7 @@ def _list(schedule, n, t_min, values, space):
 
 
 def _positive(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
         raise UserError(f"grid parameter {name!r}", v, hint="a positive number")
     return float(v)
 
@@ -434,8 +442,8 @@ def make_grid(name: str, schedule: Schedule, steps: int, final: str = "zero", **
     """Build and validate a grid.  Unknown names/params and steps < 1 raise ``UserError``."""
     if name not in _GRIDS:
         raise UserError("grid", name, available_grids())
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UserError("steps", steps, hint="steps must be an integer >= 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise UserError("steps", steps, hint=f"steps must be an integer in [1, {MAX_STEPS}]")
     if final not in FINALS:
         raise UserError("final", final, FINALS)
     fn, defaults, _ = _GRIDS[name]

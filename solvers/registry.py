@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import math
 
 from samplerbench.models.errors import UserError
 from samplerbench.solvers.base import Solver
@@ -66,11 +67,34 @@ def get_solver(name: str, **params) -> Solver:
     """Instantiate a registered solver; unknown or invalid parameters are named."""
     cls = solver_class(name)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in params:
+    for key, value in params.items():
         if key not in fields:
             raise UserError(f"solver parameter of {name!r}", key,
                             sorted(fields) or ["(this solver takes no parameters)"])
+        _check_type(name, cls, fields[key], value)
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
         raise UserError(f"solver parameters of {name!r}", params, hint=str(exc)) from None
+
+
+def _check_type(name: str, cls, f: dataclasses.Field, value) -> None:
+    """A parameter's value against its declared type (int, float, bool or str), so that a wrong
+    one is named here rather than failing inside the solver's own checks.  Floats must be finite
+    unless the class lists the field in ``infinite_ok`` (e.g. EDM's S_max = inf)."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    field = f"solver parameter {f.name!r} of {name!r}"
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(field, value, hint="a number")
+        if math.isnan(value) or (math.isinf(value) and f.name not in cls.infinite_ok):
+            raise UserError(field, value, hint="a finite number")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(field, value, hint="an integer")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise UserError(field, value, ["true", "false"])
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise UserError(field, value, hint="a string")

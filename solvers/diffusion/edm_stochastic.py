@@ -45,6 +45,7 @@ class EDMStochastic(Solver):
     weak_order = 1.0
     stages = 2
     stochastic = True
+    infinite_ok = ("S_max",)    # S_max = inf churns at every noise level (k-diffusion)
     reference = ("Karras, Aittala, Aila & Laine 2022, Elucidating the Design Space of "
                  "Diffusion-Based Generative Models (Alg. 2)")
 
