@@ -210,15 +210,25 @@ class TorchsdeReversibleHeun(_TorchsdeMethod):
     noise).  1 NFE per step plus 1 at the start (its extra state holds the drift at the previous
     point); strong order 1 for additive noise, weak order 1.
 
-    Not A-stable: on a contracting linear drift lambda < 0 its second (parasitic) root is about
-    -(1 + |lambda h|), so errors grow by prod (1 + |lambda h|) over the solve, about the inverse of
-    the contraction.  The reverse SDE contracts strongly (linear rate sigma'/sigma +
-    eta^2 d log(sigma/alpha)/dt, 2/t on EDM): the growth is ~1e6 at 32 karras steps on EDM and
-    rf, ~2e4 on VP, and it hardly shrinks with more steps.  So this method converges (slowly) on
-    VP and rf models and is useless on EDM ones -- torchsde's own ``sdeint`` does the same
-    (dy = -2y/(1 - s) ds over [0, 0.99] in 12 steps gives -6.2 for 1e-4).  It also amplifies
-    rounding: batch-size-dependent last bits of the model output become ~1e-13 relative
-    differences between batch sizes."""
+    Unstable on the reverse SDE of EDM models (issue 17; results/findings_reversible_heun.md,
+    tests/test_reversible_heun.py).  This is the method, not our use of it: the wrapper equals
+    ``torchsde.sdeint(..., method="reversible_heun")`` bit for bit on the same Brownian path.
+    The method is algebraically reversible, so one step on dy/ds = lambda y maps its state
+    (y, z) by a matrix of determinant -1: it cannot contract both modes.  With m = lambda h the
+    roots are m +- sqrt(1 + m^2); for a contracting drift (m < 0, any size) the parasitic one has
+    modulus |m| + sqrt(1 + m^2) > 1, the inverse of the physical one, so that mode grows over a
+    solve by ~1/C, C = the exact contraction of the SDE, whatever the step count (its stability
+    region is the segment [-i, i] of the imaginary axis).  The reverse SDE contracts strongly
+    (eta = 1, EDM: rate 2t/(v + t^2) along a data direction of variance v): 1/C = 1.3e5 for
+    v = 0.05 (gmm64's smallest), 6e6 for v = 1e-3; 3e3 / 1.4e5 on VP, 1.6e3 / 8e4 on rf.  Noise
+    (the z update uses g0 dW, the y update (g0 + g1) dW / 2) and the curvature of the solution
+    excite the mode every step, so on gmm64 (EDM, karras, brownian) the strong error is 4e4 at 32
+    steps and 1.6e3 at 1024 (falling ~1/N) against a data scale of 0.6.  The PF-ODE (eta = 0,
+    1/C = 358, its EDM trajectories nearly straight) converges at order 2 (6e-3 at 32 steps).
+    torchsde's own ``sdeint`` on dy = -2y/(1 - s) ds over [0, 0.99] (exact 1e-4) gives -6.2 in
+    12 steps and 3.8e-5 in 1024.  Use it for the PF-ODE or mildly contracting SDEs only.  It
+    also amplifies rounding: batch-size-dependent last bits of the model output become ~1e-13
+    relative differences between batch sizes."""
 
     name = "torchsde_reversible_heun"
     strong_order = 1.0
