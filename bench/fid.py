@@ -361,6 +361,14 @@ class DigitsFID:
             out.update(self._kid(f, blocks))
         return out
 
+    def kid(self, samples: torch.Tensor, blocks: int | None = None) -> dict:
+        """``{"kid", "kid_protocol"[, "kid_se", "kid_blocks"]}`` of ``samples`` (model space)."""
+        if not self.kid_enabled:
+            raise RuntimeError("DigitsFID(kid=True) computes KID")
+        if samples.shape[0] < 2:
+            raise UserError("samples", samples.shape[0], hint="KID needs at least 2 samples")
+        return self._kid(self.features(samples), blocks)
+
     def _kid(self, f: torch.Tensor, blocks: int | None) -> dict:
         from samplerbench.bench.stats import jackknife_se
 
