@@ -150,8 +150,14 @@ def cmd_run(args) -> int:
 
     field = "--out" if args.out else f"--out (default, from the spec name {spec.name!r})"
     out = check_out_dir(args.out or Path("results") / spec.name, field)
+    recompute = tuple(x for x in (args.recompute or "").split(",") if x)
+    names = {x.name for x in spec.solvers}
+    for name in recompute:
+        if name not in names:
+            raise UserError("--recompute", name, sorted(names),
+                            hint="name solvers of this run's spec")
     summary = run_spec(spec, out, device=args.device, resume=not args.no_resume,
-                       progress=not args.quiet)
+                       progress=not args.quiet, recompute=recompute)
     status = summary["matrix_status"]          # over the whole matrix, reused cells included
     bad = {k: status[k] for k in ("failed", "diverged") if status.get(k)}
     if summary.get("rank", 0) != 0:                # torchrun: rank 0 reports
@@ -252,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output directory (default results/<spec name>)")
     run.add_argument("--device", choices=["cpu", "cuda", "mps", "auto"], help="overrides the spec")
     run.add_argument("--no-resume", action="store_true", help="recompute every cell")
+    run.add_argument("--recompute", metavar="SOLVER[,SOLVER]",
+                     help="compute the finished cells of these solvers again (after a fix); "
+                     "the new rows supersede the old")
     run.add_argument("--models", help="ad hoc: comma-separated model names")
     run.add_argument("--solvers", help="ad hoc: comma-separated solver names")
     run.add_argument("--steps", help="ad hoc: comma-separated step counts, e.g. 4,8,16")

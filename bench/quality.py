@@ -31,6 +31,7 @@ from samplerbench.bench import stats
 from samplerbench.bench.metrics import frechet_gaussian, swd
 
 REACHED_RMS = 0.02           # a sample within this RMS of a training image has reached it
+BLOWUP_FACTOR = 10.0         # a sample with RMS > this x (data RMS + sigma(t_end)) blew up
 EXACT_SEED = 12345           # exact / data reference samples (swd)
 
 
@@ -93,6 +94,44 @@ class QualityMetrics:
                                  "swd_floor": s_m, "swd_floor_sd": s_sd}
         out.update(self._floors[key])
         return out
+
+    def data_rms(self, den) -> float:
+        """RMS of the model's data per dimension: exact for a mixture, from the training data for
+        a dataset model or an empirical denoiser, 1.0 (normalised data) for any other model."""
+        key = ("rms", id(den))
+        if key not in self._refs:
+            mixture = getattr(den, "mixture", None)
+            dataset = getattr(den, "dataset", None)
+            if mixture is not None:
+                d = mixture.mean().numel()
+                v = float((mixture.mean().double().pow(2).sum()
+                           + torch.trace(mixture.covariance().double())) / d) ** 0.5
+            elif getattr(den, "data", None) is not None:
+                v = float(den.data.double().pow(2).mean().sqrt())
+            elif dataset == "digits":
+                from samplerbench.bench.fid import _digits01
+
+                v = float((_digits01()[0].double() * 2 - 1).pow(2).mean().sqrt())
+            elif dataset is not None:
+                v = float(self._toy(dataset).pow(2).mean().sqrt())
+            else:
+                v = 1.0
+            self._refs[key] = v
+        return self._refs[key]
+
+    def blowup(self, den, x: torch.Tensor, sigma_end: float) -> str | None:
+        """Why the finite result ``x`` is no sample of the model -- some samples' RMS is above
+        ``BLOWUP_FACTOR`` x (data RMS + sigma at the grid's end) -- or None.  A solve that
+        blows up without overflowing (e.g. an unstable method on a stiff reverse SDE) is
+        recorded ``diverged`` with this message instead of entering tables as a measurement."""
+        scale = self.data_rms(den) + float(sigma_end)
+        rms = x.detach().double().reshape(x.shape[0], -1).pow(2).mean(1).sqrt()
+        bad = rms > BLOWUP_FACTOR * scale
+        if not bool(bad.any()):
+            return None
+        return (f"blew up: {int(bad.sum())} of {x.shape[0]} samples have RMS above "
+                f"{BLOWUP_FACTOR:g} x the data scale {scale:.3g} (data RMS + sigma(t_end)); "
+                f"largest {float(rms.max()):.3g}")
 
     # ------------------------------------------------------------------------------------------
     def __call__(self, den, x: torch.Tensor, blocks: int | None) -> dict:

@@ -144,8 +144,9 @@ class Runner:
     """Runs a spec into ``out_dir``.  ``run()`` returns a summary dict."""
 
     def __init__(self, spec: Spec, out_dir: str | Path, device: str | None = None,
-                 resume: bool = True, progress: bool = True):
+                 resume: bool = True, progress: bool = True, recompute: tuple = ()):
         self.spec = spec
+        self.recompute = set(recompute)   # solvers whose finished cells are computed again
         self.out = Path(out_dir)
         self.device = resolve_device(device or spec.device)
         self.dist = Dist.from_env(self.device)
@@ -451,6 +452,10 @@ class Runner:
             if sol["status"] != "ok":
                 return row
             x = sol["x"]
+            blown = self.quality.blowup(base, x, float(den.schedule.sigma(grid.t_end)))
+            if blown:                     # finite, but no sample of the model: not a measurement
+                row.update(status="diverged", message=blown)
+                return row
             sol2 = None
             if _wanted(self.spec.nonconv, cell.model) and cell.steps is not None:  # all ranks
                 grid2 = self._grid(cell, den, 2 * cell.steps)
@@ -467,9 +472,16 @@ class Runner:
             elif (error and cell.noise == "brownian" and cell.steps is not None
                   and grid.name != "list"):
                 x_ref = self.strong_ref(solver, den, grid, cell, x_init, cond)
-                row.update(error_metrics(x, x_ref))
                 row["reference"] = (f"{solver.name} at {self.spec.sde_ref_steps} steps on the "
                                     f"same Brownian path")
+                ref_blown = self.quality.blowup(base, x_ref,
+                                                float(den.schedule.sigma(grid.t_end)))
+                if ref_blown:             # no strong error against a reference that blew up
+                    row["message"] = "; ".join(m for m in (
+                        row["message"], f"err_rms not computed: the strong reference {ref_blown}")
+                        if m)
+                else:
+                    row.update(error_metrics(x, x_ref))
             if self.spec.weak:
                 quality = self.quality(base, x, self.spec.blocks)
                 note = quality.pop("note", None)
@@ -530,7 +542,10 @@ class Runner:
             if not self.resume and self.store.path.exists():
                 self.store.path.unlink()
             self.store.repair()
-            done = self.store.done_ids(self.spec.max_nfe) if self.resume else set()
+            done = self.store.done_ids(self.spec.max_nfe, cells) if self.resume else set()
+            # cells of solvers named by --recompute run again (a fix, a new status rule); their
+            # new rows supersede the old ones (rows.jsonl stays append-only)
+            done -= {c.case_id for c in cells if c.solver.name in self.recompute}
             self._write_run_json()
         done = self.dist.broadcast(done)                    # every rank runs the same cells
         todo = [c for c in cells if c.case_id not in done]
@@ -564,10 +579,11 @@ class Runner:
 
 
 def run_spec(spec: Spec, out_dir: str | Path | None = None, device: str | None = None,
-             resume: bool = True, progress: bool = True) -> dict:
+             resume: bool = True, progress: bool = True, recompute: tuple = ()) -> dict:
     """Library entry point of ``samplerbench run``."""
     out = Path(out_dir) if out_dir else Path("results") / spec.name
-    runner = Runner(spec, out, device=device, resume=resume, progress=progress)
+    runner = Runner(spec, out, device=device, resume=resume, progress=progress,
+                    recompute=recompute)
     try:
         return runner.run()
     finally:
