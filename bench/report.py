@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from samplerbench.bench.metrics import fit_order, fit_order_ci, pareto_front
+from samplerbench.bench import stats
+from samplerbench.bench.metrics import fit_order_ci
+from samplerbench.bench.quality import REACHED_RMS
+from samplerbench.bench.plots import (plot_err_vs_nfe, plot_headline, plot_metric, plot_nonconv,
+                                      plot_pareto)
 from samplerbench.bench.store import latest_rows, read_rows
 from samplerbench.models.errors import UserError
 
@@ -81,51 +85,114 @@ def _fmt(v, nfe=None) -> str:
     return f"{s} ({int(nfe)})" if nfe is not None and not pd.isna(nfe) else s
 
 
+def _num(v, se=None) -> str:
+    """A quality number with its standard error, to the precision the se supports."""
+    if v is None or pd.isna(v):
+        return "—"
+    if se is None or pd.isna(se) or se <= 0:
+        return f"{v:.3g}"
+    digits = max(0, 1 - int(math.floor(math.log10(se))))          # two significant in the se
+    if abs(v) < 1e-2 or abs(v) >= 1e5:
+        return f"{v:.2e} ± {se:.1e}"
+    return f"{v:.{digits}f} ± {se:.{digits}f}"
+
+
 def _status_cell(r) -> str:
     return {"diverged": "diverged", "failed": "failed", "skipped": "skipped"}.get(r["status"], "")
 
 
-def metric_table(df: pd.DataFrame, metric: str, with_nfe: bool = True, cell=None) -> pd.DataFrame:
-    """Solvers x steps table of ``metric`` for one (model, grid), NFE in parentheses.
+def _column(r):
+    """A table column: the NFE budget of a budget cell, else the step count."""
+    b = r.get("nfe_budget")
+    return ("nfe", int(b)) if b is not None and not pd.isna(b) else ("steps", int(r["steps"]))
+
+
+def _column_name(key) -> str:
+    return f"≤ {key[1]} NFE" if key[0] == "nfe" else f"{key[1]} steps"
+
+
+def _blocks(r, metric):
+    b = r.get(f"{metric}_blocks")
+    return b if isinstance(b, list) and b else None
+
+
+def column_groups(df: pd.DataFrame, metric: str) -> dict:
+    """{(column key, label): rank group} per table column of ``metric`` (lower is better): the
+    paired tests of :func:`samplerbench.bench.stats.rank_groups` among the ok cells of a column
+    that carry per-block values.  Memorising models are not ranked (their quality metric only
+    says which training images were drawn)."""
+    out = {}
+    ok = df[(df["status"] == "ok") & df[metric].notna() & df["steps"].notna()]
+    if "train_distinct" in ok:
+        ok = ok[ok["train_distinct"].isna()]
+    if ok.empty or f"{metric}_blocks" not in ok:
+        return out
+    cols: dict = {}
+    for _, r in ok.iterrows():
+        cols.setdefault((r["model"], r.get("grid_label"), _column(r)), []).append(r)
+    for (_, _, key), rs in cols.items():
+        rs = [r for r in rs if _blocks(r, metric)]
+        if len(rs) < 2:
+            continue
+        groups = stats.rank_groups([{"value": r[metric], "blocks": _blocks(r, metric)}
+                                    for r in rs])
+        for r, g in zip(rs, groups):
+            out[(key, r["label"])] = g
+    return out
+
+
+def metric_table(df: pd.DataFrame, metric: str, with_nfe: bool = True, cell=None,
+                 groups: dict | None = None) -> pd.DataFrame:
+    """Solvers x (steps or NFE budget) table of ``metric`` for one (model, grid): the value, its
+    standard error where the rows have one (``<metric>_se``), the counted NFE in parentheses and,
+    with ``groups`` (:func:`column_groups`), the rank group as "g1", "g2", ...
     ``cell(row) -> str`` formats a cell instead (status cells take precedence)."""
-    fmt = cell or (lambda r: _fmt(r[metric], r["nfe"] if with_nfe else None))
+    se = f"{metric}_se"
+
+    def default(r):
+        if r.get(se) is not None and not pd.isna(r.get(se)) or metric in ("fid", "kid", "swd"):
+            v = _num(r[metric], r.get(se))
+            return f"{v} ({int(r['nfe'])})" if with_nfe and not pd.isna(r["nfe"]) else v
+        return _fmt(r[metric], r["nfe"] if with_nfe else None)
+
+    fmt = cell or default
     fixed = df[df["steps"].notna()]
     out = {}
     for label, g in fixed.groupby("label", sort=False):
-        out[label] = {int(r["steps"]): _status_cell(r) or fmt(r)
-                      for _, r in g.sort_values("steps").iterrows()}
+        row = {}
+        for _, r in g.iterrows():
+            key = _column(r)
+            text = _status_cell(r) or fmt(r)
+            if groups and (key, label) in groups:
+                text += f" g{groups[(key, label)]}"
+            row[key] = text
+        out[label] = row
     table = pd.DataFrame(out).T
     if not table.empty:
         table = table[sorted(table.columns)]
-        table.columns = [f"{c} steps" for c in table.columns]
+        table.columns = [_column_name(c) for c in table.columns]
     return table
-
-
-def _kid_cell(r) -> str:
-    kid, std = r["kid"], r.get("kid_std")
-    if kid is None or pd.isna(kid):
-        return "—"
-    if std is None or pd.isna(std):
-        return _fmt(kid, r["nfe"])
-    return f"{kid:.2e} ± {std:.1e} ({int(r['nfe'])})"
-
-
-def kid_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Solvers x steps table of KID, ``mean ± std over subsets (NFE)``."""
-    return metric_table(df, "kid", cell=_kid_cell)
 
 
 def flat_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The rows as stored (no report columns), nested parameters as JSON text."""
     flat = df.drop(columns=["label", "grid_label"]).copy()
-    for c in ("solver_params", "grid_params"):
-        flat[c] = flat[c].map(lambda v: json.dumps(v, sort_keys=True))
+    for c in flat.columns:            # nested values (parameters, per-block values): JSON text
+        if c in ("solver_params", "grid_params") or flat[c].map(
+                lambda v: isinstance(v, (list, dict))).any():
+            flat[c] = flat[c].map(lambda v: None if v is None or (isinstance(v, float) and
+                                                                  math.isnan(v))
+                                  else json.dumps(v, sort_keys=True))
     return flat
 
 
 def order_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Fitted vs declared order per fixed-step solver (adaptive solvers have no step-count
+    asymptotics and are left out).  A 95% interval wider than +-1 is flagged "not asymptotic":
+    the step range did not reach the solver's asymptotic regime."""
     recs = []
-    for (label, solver), g in df[df["status"] == "ok"].groupby(["label", "solver"], sort=False):
+    fixed = df[(df["status"] == "ok") & df["steps"].notna()]
+    for (label, solver), g in fixed.groupby(["label", "solver"], sort=False):
         p, lo, hi = fit_order_ci(g["nfe"], g["err_rms"])
         declared = declared_order(solver)
         params = g["solver_params"].iloc[0] or {}
@@ -136,9 +203,12 @@ def order_table(df: pd.DataFrame) -> pd.DataFrame:
                 declared = get_solver(solver, **params).order
             except Exception:
                 pass
+        ci = "—" if lo is None else f"[{lo:.2f}, {hi:.2f}]"
+        if lo is not None and hi - lo > 2.0:
+            ci += " not asymptotic"
         recs.append({"solver": label, "declared order": declared,
                      "fitted order": None if p is None else round(p, 2),
-                     "95% CI": "—" if lo is None else f"[{lo:.2f}, {hi:.2f}]",
+                     "95% CI": ci,
                      "NFE range": f"{int(g['nfe'].min())}–{int(g['nfe'].max())}"})
     return pd.DataFrame(recs)
 
@@ -162,37 +232,88 @@ def best_per_budget(df: pd.DataFrame, metric: str = "err_rms") -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
-HEADLINE_BUDGETS = (10, 40)
-
-
-def headline_table(df: pd.DataFrame, budgets=HEADLINE_BUDGETS) -> pd.DataFrame:
-    """Solvers x (model, NFE budget): the lowest FID a solver reaches within the budget, with its
-    NFE, over the models whose FID uses a learned feature network (e.g. the digits models), each
-    column ranked within itself.  Rows are ordered by the first column."""
-    ok = df[(df["status"] == "ok") & df["fid"].notna() & df["nfe"].notna() &
+def headline_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """The cells a headline ranks: ok budget cells with a learned-feature FID, of models that do
+    not memorise their training set."""
+    if "nfe_budget" not in df:
+        return df.iloc[0:0]
+    ok = df[(df["status"] == "ok") & df["fid"].notna() & df["nfe_budget"].notna() &
             df["fid_features"].fillna("data:").map(lambda f: not str(f).startswith("data:"))]
-    cols = {}
-    for model, g in ok.groupby("model", sort=False):
-        for b in budgets:
-            within = g[g["nfe"] <= b]
-            # ties (e.g. ddim and dpm_solver_1, the same update) by NFE, then name: the table
-            # is a function of the rows alone
-            best = within.sort_values(["fid", "nfe", "label"], kind="stable").drop_duplicates(
-                "label")
-            # competition ranking: equal FIDs (the same samples) share a rank
-            fids = best["fid"].tolist()
-            ranks = {lab: 1 + sum(f < fid for f in fids) for lab, fid in zip(best["label"], fids)}
-            cols[f"{model} ≤ {b} NFE"] = {
-                r["label"]: (r["fid"], f"{r['fid']:.1f} ({int(r['nfe'])}) #{ranks[r['label']]}")
-                for _, r in best.iterrows()}
-    if not cols:
-        return pd.DataFrame()
-    first = next(iter(cols.values()))
-    labels = sorted({lab for c in cols.values() for lab in c},
-                    key=lambda lab: (first[lab][0] if lab in first else math.inf, lab))
-    table = pd.DataFrame({c: {lab: v[lab][1] if lab in v else "—" for lab in labels}
-                          for c, v in cols.items()})
-    return table.loc[labels]
+    if "train_distinct" in ok:
+        ok = ok[ok["train_distinct"].isna()]
+    return ok
+
+
+def alias_names(cells: pd.DataFrame, column: str = "nfe_budget") -> dict[str, str]:
+    """{label: "a = b"} for one model's cells: two solvers are aliases when their samples are
+    identical (:func:`samplerbench.bench.stats.alias_groups`) in every column where both have
+    a cell."""
+    same: dict = {}
+    for _, cells_b in cells.groupby(column, sort=True):
+        recs = [r for _, r in cells_b.iterrows()]
+        labels = [r["label"] for r in recs]
+        in_group = {}
+        for k, grp in enumerate(stats.alias_groups([dict(r) for r in recs])):
+            for i in grp:
+                in_group[labels[i]] = k
+        for x in labels:
+            for y in labels:
+                if x < y:
+                    same[(x, y)] = same.get((x, y), True) and in_group[x] == in_group[y]
+    parent = {lab: lab for lab in cells["label"]}
+
+    def root(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for (x, y), eq in same.items():
+        if eq:
+            parent[root(y)] = root(x)
+    members: dict = {}
+    for lab in parent:
+        members.setdefault(root(lab), []).append(lab)
+    return {lab: " = ".join(sorted(members[root(lab)])) for lab in parent}
+
+
+def headline_table(df: pd.DataFrame, model: str) -> tuple[pd.DataFrame, dict]:
+    """Solvers x NFE budgets of one model: FID ± se (counted NFE) and the rank group g1, g2, ...
+    of the paired tests within the budget's column; aliases (identical samples) are one row;
+    a budget whose cell is the solver's cell at the previous budget (the same step count) says
+    "=".  Rows are ordered by their mean rank group, then by FID at the largest budget.
+    Returns (table, {budget: floor (mean, sd)})."""
+    ok = headline_cells(df)
+    ok = ok[ok["model"] == model]
+    if ok.empty:
+        return pd.DataFrame(), {}
+    names = alias_names(ok)
+    cols, floors, order = {}, {}, {}
+    prev_steps: dict = {}
+    for b in sorted(int(x) for x in ok["nfe_budget"].unique()):
+        cells = ok[ok["nfe_budget"] == b]
+        entries: dict = {}
+        for _, r in cells.iterrows():
+            entries.setdefault(names[r["label"]], r)        # one cell per alias set
+        labels = list(entries)
+        groups = stats.rank_groups([{"value": entries[lab]["fid"],
+                                     "blocks": _blocks(entries[lab], "fid")} for lab in labels])
+        col = {}
+        for lab, g in zip(labels, groups):
+            r = entries[lab]
+            tested = _blocks(r, "fid") is not None           # no blocks: no test, no group
+            same = prev_steps.get(lab) == r["steps"]
+            col[lab] = (f"{_num(r['fid'], r.get('fid_se'))} ({int(r['nfe'])})"
+                        + (f" g{g}" if tested else "") + (" =" if same else ""))
+            prev_steps[lab] = r["steps"]
+            order.setdefault(lab, []).append((g, r["fid"]))
+        cols[f"≤ {b} NFE"] = col
+        f = cells["fid_floor"].dropna() if "fid_floor" in cells else []
+        if len(f):
+            floors[b] = (float(f.iloc[0]), float(cells["fid_floor_sd"].dropna().iloc[0]))
+    labels = sorted(order, key=lambda lab: (sum(g for g, _ in order[lab]) / len(order[lab]),
+                                            order[lab][-1][1], lab))
+    table = pd.DataFrame({c: {lab: v.get(lab, "—") for lab in labels} for c, v in cols.items()})
+    return table.loc[labels], floors
 
 
 def _md(table: pd.DataFrame, index: bool = True) -> str:
@@ -220,125 +341,105 @@ def _latex(table: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines)
 
 
-_MARKERS = "osD^v<>ph*"
-
-
-def _style(i: int) -> dict:
-    """Distinct colour / marker / line style for up to ~60 series."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab20"]
-    return {"color": cmap(i % 20), "marker": _MARKERS[i % len(_MARKERS)],
-            "linestyle": ("-", "--", "-.")[(i // 20) % 3]}
-
-
-def _save(fig, path: Path) -> None:
-    """PNG for the Markdown / HTML report, SVG beside it for papers.  Both are byte-for-byte
-    functions of the rows: no creation date, fixed SVG element ids (a regenerated report differs
-    from the last only where the numbers do)."""
-    import matplotlib
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    with matplotlib.rc_context({"svg.hashsalt": "samplerbench"}):
-        fig.savefig(path.with_suffix(".svg"), metadata={"Date": None})
-    plt.close(fig)
-
-
-def plot_vs_nfe(df: pd.DataFrame, metric: str, path: Path, title: str, ylabel: str,
-                fit: bool) -> bool:
-    """``metric`` vs counted NFE, one line per solver (log x; log y).  With ``fit`` the legend
-    carries the fitted order and dashed reference slopes NFE^-1, NFE^-2, NFE^-4 are drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    ok = df[(df["status"] == "ok") & df[metric].notna() & (df[metric] > 0)]
-    if ok.empty:
-        return False
-    fig, ax = plt.subplots(figsize=(9.0, 5.2))
-    for i, (label, g) in enumerate(ok.groupby("label", sort=False)):
-        g = g.sort_values("nfe")
-        p = fit_order(g["nfe"], g[metric]) if fit else None
-        tag = f"{label} (p≈{p:.2f})" if p is not None else label
-        ax.loglog(g["nfe"], g[metric], ms=4, lw=1.3, label=tag, **_style(i))
-    if fit:
-        n0, n1 = float(ok["nfe"].min()), float(ok["nfe"].max())
-        y0 = float(np.exp(np.log(ok[metric]).median()))
-        xs = np.array([n0, n1])
-        for k in (1, 2, 4):
-            ax.loglog(xs, y0 * (xs / n0) ** -k, color="0.6", ls=":", lw=1)
-            ax.annotate(f"NFE$^{{-{k}}}$", (n1, y0 * (n1 / n0) ** -k), fontsize=7,
-                        color="0.4", clip_on=True)
-        ax.set_ylim(float(ok[metric].min()) / 3, float(ok[metric].max()) * 3)
-    ax.set_xlabel("NFE (counted)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    _save(fig, path)
-    return True
-
-
-def plot_err_vs_nfe(df: pd.DataFrame, path: Path, title: str) -> bool:
-    return plot_vs_nfe(df, "err_rms", path, title, "RMS error vs reference", fit=True)
-
-
-def plot_nonconv(df: pd.DataFrame, path: Path, title: str) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = df[(df["status"] == "ok") & df["nonconv"].notna() & (df["nonconv"] > 0)]
-    if ok.empty:
-        return False
-    fig, ax = plt.subplots(figsize=(9.0, 5.2))
-    for i, (label, g) in enumerate(ok.groupby("label", sort=False)):
-        g = g.sort_values("steps")
-        ax.loglog(g["steps"], g["nonconv"], ms=4, lw=1.3, label=label, **_style(i))
-    ax.set_xlabel("steps N")
-    ax.set_ylabel("RMS(x_N − x_2N), same seed")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    _save(fig, path)
-    return True
-
-
-def plot_pareto(df: pd.DataFrame, path: Path, title: str) -> bool:
-    """Error vs wall time per sample; the Pareto front (no cell is both faster and better)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = df[(df["status"] == "ok") & df["err_rms"].notna() & (df["err_rms"] > 0)
-            & df["time_per_sample_s"].notna()].reset_index(drop=True)
-    if ok.empty:
-        return False
-    fig, ax = plt.subplots(figsize=(9.0, 5.2))
-    for i, (label, g) in enumerate(ok.groupby("label", sort=False)):
-        st = _style(i)
-        ax.loglog(g["time_per_sample_s"], g["err_rms"], ls="none", ms=4, label=label,
-                  marker=st["marker"], color=st["color"])
-    front = pareto_front(list(ok["time_per_sample_s"]), list(ok["err_rms"]))
-    f = ok.iloc[front]
-    ax.loglog(f["time_per_sample_s"], f["err_rms"], "k-", lw=1, alpha=0.6, label="Pareto front")
-    ax.set_xlabel("wall time per sample, s (median of repeats)")
-    ax.set_ylabel("RMS error vs float64 reference")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    _save(fig, path)
-    return True
-
-
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
+
+
+class Doc:
+    """The report as a list of blocks, rendered alike to Markdown, HTML and LaTeX (the HTML
+    carries every heading, paragraph, captioned table and figure of the Markdown)."""
+
+    def __init__(self):
+        self.blocks: list[tuple] = []
+
+    def h(self, level: int, text: str):
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str):
+        self.blocks.append(("p", text))
+
+    def items(self, lines: list[str]):
+        if lines:
+            self.blocks.append(("ul", lines))
+
+    def table(self, table: pd.DataFrame, caption: str, index: bool = True):
+        self.blocks.append(("table", table, caption, index))
+
+    def img(self, src: str, alt: str):
+        self.blocks.append(("img", src, alt))
+
+    def markdown(self) -> str:
+        out = []
+        for b in self.blocks:
+            if b[0] == "h":
+                out += ["#" * b[1] + " " + b[2], ""]
+            elif b[0] == "p":
+                out += [b[1], ""]
+            elif b[0] == "ul":
+                out += [f"- {x}" for x in b[1]] + [""]
+            elif b[0] == "table":
+                out += [f"_{b[2]}_", "", _md(b[1], index=b[3])]
+            elif b[0] == "img":
+                out += [f"![{b[2]}]({b[1]})", ""]
+        return "\n".join(out)
+
+    def html(self, title: str) -> str:
+        import re
+
+        def inline(t: str) -> str:
+            t = html.escape(t)
+            t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+            t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+            return re.sub(r"\[(.+?)\]\((.+?)\)", r'<a href="\2">\1</a>', t)
+
+        parts = []
+        for b in self.blocks:
+            if b[0] == "h":
+                parts.append(f"<h{b[1]}>{inline(b[2])}</h{b[1]}>")
+            elif b[0] == "p":
+                parts.append(f"<p>{inline(b[1])}</p>")
+            elif b[0] == "ul":
+                parts.append("<ul>" + "".join(f"<li>{inline(x)}</li>" for x in b[1]) + "</ul>")
+            elif b[0] == "table":
+                t = b[1].to_html(na_rep="—", escape=True, index=b[3])
+                parts.append(t.replace(">\n  <thead>", f">\n<caption>{inline(b[2])}</caption>\n"
+                                       "  <thead>", 1))
+            elif b[0] == "img":
+                parts.append(f'<figure><img src="{html.escape(b[1])}" alt="{html.escape(b[2])}">'
+                             f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
+        return ("<!doctype html><html><head><meta charset='utf-8'><title>samplerbench report"
+                "</title><style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+                "table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px "
+                "solid #ccc;padding:2px 6px}caption{text-align:left;font-style:italic;"
+                "padding:4px 0}img{max-width:100%;display:block;margin:8px 0}"
+                "figcaption{font-size:12px;color:#555}</style></head><body>"
+                f"<h1>samplerbench report: {html.escape(title)}</h1>" + "\n".join(parts)
+                + "</body></html>")
+
+    def latex(self) -> str:
+        return "\n".join(_latex(b[1], b[2]) for b in self.blocks if b[0] == "table")
+
+
+def _floor_line(g: pd.DataFrame, metric: str, what: str) -> str | None:
+    """The floor of ``metric`` beside its table: exact / real samples at the same count."""
+    col = f"{metric}_floor"
+    if col not in g or not g[col].notna().any():
+        return None
+    parts = []
+    for n, h in g[g[col].notna()].groupby("n_samples"):
+        parts.append(f"{_num(h[col].iloc[0])} ± {h[f'{metric}_floor_sd'].iloc[0]:.2g} at "
+                     f"n = {int(n)}")
+    return (f"Floor ({what} of exact samples from the data distribution at the same sample "
+            f"count, mean ± sd over {stats.FLOOR_DRAWS} draws): " + "; ".join(parts) + ".")
+
+
+RANK_NOTE = ("`g1`, `g2`, ...: rank groups within a column. Every cell of a column starts from "
+             "the same seeds; group 1 is the best cell and every cell whose difference from it "
+             "is not significant in a paired test (delete-one-block jackknife over the "
+             "seed blocks, Student t with blocks − 1 degrees of freedom, two-sided level "
+             f"{stats.LEVEL}), group 2 starts at the best cell not yet grouped, and so on. "
+             "Cells in one group cannot be told apart at this sample count. Values are "
+             "`value ± se` (jackknife standard error over the seed blocks).")
 
 
 def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
@@ -355,127 +456,192 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
         run_info = json.loads((run_dir / "run.json").read_text())
     spec = run_info.get("spec", {})
     env = run_info.get("environment", {})
+    name = str(spec.get("name", run_dir.name))
 
-    md = [f"# samplerbench report: {spec.get('name', run_dir.name)}", ""]
+    doc = Doc()
     if spec.get("description"):
-        md += [spec["description"], ""]
+        doc.p(spec["description"])
     sup = df.attrs.get("superseded", 0)
-    md += [f"- rows: {len(df)} ({', '.join(f'{v} {k}' for k, v in df['status'].value_counts().items())})"
-           + (f"; {sup} older rows of the same cells in rows.jsonl superseded" if sup else ""),
-           f"- samples per cell: {spec.get('samples')}, seed: {spec.get('seed')} (sample i uses seed + i), "
-           f"dtype: {spec.get('dtype')}, final: {spec.get('final')}",
-           f"- reference: dopri8 in float64, rtol = {spec.get('ref_rtol')}, atol = {spec.get('ref_atol')}",
-           f"- machine: {env.get('platform')}, torch {env.get('torch')}, device {env.get('device')}, "
-           f"{env.get('torch_threads')} threads; git {env.get('git_sha')}",
-           "- `err` = RMS over dimensions of (x − x_ref), mean over samples; NFE (counted) in "
-           "parentheses. `nonconv` = RMS(x_N − x_2N) with the same seed.", ""]
-    html_parts, tex_parts = [], []
-    head = headline_table(df)
-    if not head.empty:
-        feats = sorted(set(df.loc[df["fid"].notna(), "fid_features"].dropna())
-                       - {f for f in df["fid_features"].dropna() if str(f).startswith("data:")})
-        intro = (f"## Headline: lowest FID within an NFE budget\n\nFID (NFE) #rank in the "
-                 f"column; features {', '.join(feats)}. A solver's best cell with at most that many "
-                 f"model calls; lower is better.\n")
-        md += [intro, _md(head)]
-        (out / "headline.md").write_text(intro + "\n" + _md(head))
-        html_parts.append("<h2>Headline: lowest FID within an NFE budget</h2>"
-                          + head.to_html(na_rep="—", escape=True))
-        tex_parts.append(_latex(head, "Lowest FID within an NFE budget (NFE, rank)"))
+    blocks = spec.get("blocks")
+    doc.items([
+        f"rows: {len(df)} ({', '.join(f'{v} {k}' for k, v in df['status'].value_counts().items())})"
+        + (f"; {sup} older rows of the same cells in rows.jsonl superseded" if sup else ""),
+        f"samples per cell: {spec.get('samples')}, seed: {spec.get('seed')} (sample i uses "
+        f"seed + i), seed blocks: {blocks or '—'}, dtype: {spec.get('dtype')}, final: "
+        f"{spec.get('final')}",
+        f"reference: dopri8 in float64, rtol = {spec.get('ref_rtol')}, atol = "
+        f"{spec.get('ref_atol')}",
+        f"machine: {env.get('platform')}, torch {env.get('torch')}, device {env.get('device')}, "
+        f"{env.get('torch_threads')} threads; git {env.get('git_sha')}",
+        "`err` = RMS over dimensions of (x − x_ref), mean over samples; NFE (counted) in "
+        "parentheses. `nonconv` = RMS(x_N − x_2N) with the same seed. Diverged cells (NaN/inf, "
+        "or finite samples beyond 10× the data scale) and failed cells are left out of fits, "
+        "rankings and plots, and counted per model.", RANK_NOTE])
+
+    head_models = list(dict.fromkeys(headline_cells(df)["model"]))
+    headline_md = []
+    series: dict = {}
+    if head_models:
+        feats = sorted(set(headline_cells(df)["fid_features"].dropna()))
+        doc.h(2, "Headline: FID at equal NFE budgets, with rank groups")
+        doc.p(f"FID ± se (counted NFE) g<rank group>, features {', '.join(feats)}; lower is "
+              "better. One cell per solver per budget: the largest step count whose counted "
+              "NFE is within the budget; `=`: the same cell as at the previous budget. Solvers "
+              "whose samples are identical are one row (`a = b`). Rank groups `g1`, `g2`: "
+              "see the note above.")
+        for model in head_models:
+            table, floors = headline_table(df, model)
+            n = int(df[df["model"] == model]["n_samples"].iloc[0])
+            cap = (f"{model}: FID ± se (NFE) and rank group, {n} samples per cell. Floor (FID "
+                   f"of {n} real digits against the reference, mean ± sd): "
+                   f"{next(iter(floors.values()))[0]:.3g} ± "
+                   f"{next(iter(floors.values()))[1]:.2g}" if floors else f"{model}")
+            doc.h(3, model)
+            doc.table(table, cap)
+            headline_md += [f"#### {model}", "", f"_{cap}_", "", _md(table)]
+            series[model] = _headline_series(df, model, floors)
+        if plot_headline(series, out / "headline.png",
+                         "FID ± se vs NFE budget: the leading solvers at the smallest budget",
+                         "FID (digits features)"):
+            doc.img("headline.png", "FID vs NFE budget, headline solvers, with the floor")
+        (out / "headline.md").write_text(
+            "FID ± se (counted NFE) g<rank group> at equal NFE budgets; `=`: the same cell as at "
+            "the previous budget; `a = b`: identical samples. " + RANK_NOTE + "\n\n"
+            + "\n".join(headline_md))
+
     for (model, grid), g in df.groupby(["model", "grid_label"], sort=False):
         title = f"{model} — grid {grid}"
-        md += [f"## {title}", ""]
-        html_parts.append(f"<h2>{html.escape(title)}</h2>")
-        err = metric_table(g, "err_rms")
+        doc.h(2, title)
+        bad = g[g["status"].isin(["diverged", "failed"])]
+        if len(bad):
+            doc.p(f"{len(bad)} cells diverged or failed (listed at the end of this section) and "
+                  "are left out of the tables' rankings, the fits and the plots.")
+        memorises = "train_distinct" in g and g["train_distinct"].notna().any()
         if g["err_rms"].notna().any():
             refs = sorted(set(g["reference"].dropna())) if "reference" in g else []
-            md += ["### Error vs reference (NFE)", "",
-                   *([f"References: {'; '.join(refs)}.", ""] if refs else []), _md(err)]
-            html_parts.append(err.to_html(na_rep="—", escape=True))
-            tex_parts.append(_latex(err, f"{title}: RMS error (NFE)"))
+            doc.h(3, "Error vs reference (NFE)")
+            if refs:
+                doc.p(f"References: {'; '.join(refs)}.")
+            doc.table(metric_table(g, "err_rms"), f"{title}: RMS error (NFE)")
             orders = order_table(g[g["err_rms"].notna()])
-            md += ["### Fitted order (last 3 points above the float floor, 95% CI)", "",
-                   _md(orders.set_index("solver"))]
+            if not orders.empty:
+                doc.h(3, "Fitted order")
+                doc.table(orders.set_index("solver"), f"{title}: fitted order (last 3 points "
+                          "above the float floor, 95% CI; adaptive solvers left out)")
             png = f"err_vs_nfe_{_slug(model)}_{_slug(grid)}.png"
             if plot_err_vs_nfe(g, out / png, title):
-                md += [f"![error vs NFE]({png})", ""]
-                html_parts.append(f'<img src="{png}" alt="error vs NFE">')
-        for metric, what in (("fid", "Fréchet distance / FID"), ("swd", "sliced Wasserstein")):
-            if g[metric].notna().any():
-                feats = sorted(set(g["fid_features"].dropna())) if metric == "fid" else []
-                proto = f" — features: {', '.join(feats)}" if feats else ""
-                md += [f"### Weak error: {what} (NFE){proto}", "", _md(metric_table(g, metric))]
-                if metric == "fid":
-                    png = f"fid_vs_nfe_{_slug(model)}_{_slug(grid)}.png"
-                    if plot_vs_nfe(g, "fid", out / png, f"{title}: {what}", what, fit=False):
-                        md += [f"![{what} vs NFE]({png})", ""]
-                        html_parts.append(f'<img src="{png}" alt="fid vs nfe">')
-        if "kid" in g and g["kid"].notna().any():
-            protos = sorted(set(g["kid_protocol"].dropna())) if "kid_protocol" in g else []
-            kt = kid_table(g)
-            md += ["### KID, mean ± std over subsets (NFE)", "",
-                   *([f"Protocol: {'; '.join(protos)}.", ""] if protos else []), _md(kt)]
-            html_parts.append(f"<h3>{html.escape(title)}: KID</h3>"
-                              + kt.to_html(na_rep="—", escape=True))
-            tex_parts.append(_latex(kt, f"{title}: KID mean ± std (NFE)"))
-        # each table ranks comparable numbers: the deterministic solvers' error against the ODE
-        # reference, and the weak error (every solver, stochastic ones included)
+                doc.img(png, f"{title}: error vs NFE")
+        if memorises:
+            doc.h(3, "Memorisation: training images reached")
+            doc.p("This model's exact denoiser maps noise to training images, so its FID only "
+                  "measures which training images were drawn: it is not ranked by FID. Ranked "
+                  "instead by the error against the reference and by how many distinct training "
+                  f"images the samples reached (within RMS "
+                  f"{REACHED_RMS}).")
+            doc.table(metric_table(g, "train_distinct", with_nfe=True, cell=lambda r: (
+                f"{int(r['train_distinct'])} / {int(r['n_samples'])} "
+                f"({r['train_reached']:.0%} reached)")),
+                f"{title}: distinct training images reached / samples")
+        groups = {} if memorises else None
+        for metric, what in (("fid", "Fréchet distance / FID"), ("swd", "sliced Wasserstein"),
+                             ("kid", "KID")):
+            if metric not in g or not g[metric].notna().any():
+                continue
+            feats = (sorted(set(g["fid_features"].dropna())) if metric == "fid" else
+                     sorted(set(g["kid_protocol"].dropna())) if metric == "kid" else [])
+            proto = f" — features: {', '.join(feats)}" if feats else ""
+            doc.h(3, f"{what}{proto}")
+            grp = column_groups(g, metric) if groups is None else {}
+            has_se = f"{metric}_se" in g and g[f"{metric}_se"].notna().any()
+            if has_se:
+                doc.p("Values are `value ± se`; " + (
+                    "`g1`, `g2`, ...: rank groups within each column (paired tests on the shared "
+                    "seeds, see the note at the top)." if grp else "not ranked."))
+            else:
+                doc.p("No standard error in these rows (fewer samples than the jackknife "
+                      "needs, or rows written before seed blocks): values only, no ranking.")
+            floor = _floor_line(g, metric, what)
+            if floor:
+                doc.p(floor)
+            doc.table(metric_table(g, metric, groups=grp), f"{title}: {what} (NFE)")
+            if metric == "fid":
+                png = f"fid_vs_nfe_{_slug(model)}_{_slug(grid)}.png"
+                if plot_metric(g, "fid", out / png, f"{title}: {what}", what):
+                    doc.img(png, f"{title}: {what} vs NFE")
         det = g[g["noise"].isna() & g["reference"].fillna("").str.startswith("dopri8")] \
             if "reference" in g else g.iloc[0:0]
-        for best, what in ((best_per_budget(det), "lowest error vs the ODE reference, "
-                            "deterministic solvers"),
-                           (best_per_budget(g, "fid"), "lowest Fréchet distance / FID, all "
-                            "solvers")):
-            if not best.empty:
-                md += [f"### Best solver per NFE budget ({what})", "", _md(best, index=False)]
-                html_parts.append(best.to_html(index=False))
+        best = best_per_budget(det)
+        if not best.empty:
+            doc.h(3, "Lowest error vs the ODE reference per NFE budget (deterministic solvers)")
+            doc.table(best, f"{title}: lowest RMS error within each NFE budget", index=False)
         if g["nonconv"].notna().any():
-            nc = metric_table(g, "nonconv", with_nfe=False)
-            md += ["### Non-convergence RMS(x_N − x_2N)", "", _md(nc)]
-            html_parts.append(nc.to_html(na_rep="—"))
+            doc.h(3, "Non-convergence RMS(x_N − x_2N)")
+            doc.table(metric_table(g, "nonconv", with_nfe=False), f"{title}: non-convergence")
             png = f"nonconv_{_slug(model)}_{_slug(grid)}.png"
             if plot_nonconv(g, out / png, f"{title}: non-convergence"):
-                md += [f"![nonconv vs steps]({png})", ""]
-                html_parts.append(f'<img src="{png}" alt="nonconv">')
-        wall = metric_table(g, "time_per_sample_s", with_nfe=False)
-        md += ["### Wall time per sample, seconds (median of repeats)", "", _md(wall)]
+                doc.img(png, f"{title}: non-convergence vs steps")
+        doc.h(3, "Wall time per sample, seconds")
+        doc.table(metric_table(g, "time_per_sample_s", with_nfe=False),
+                  f"{title}: wall time per sample (median of repeats, or the one solve of a "
+                  "cell over [timing] single_over_s)")
         png = f"pareto_{_slug(model)}_{_slug(grid)}.png"
         if plot_pareto(g, out / png, f"{title}: error vs time"):
-            md += [f"![error vs wall time]({png})", ""]
-            html_parts.append(f'<img src="{png}" alt="pareto">')
+            doc.img(png, f"{title}: error vs wall time, Pareto front")
         adaptive = g[g["steps"].isna() & (g["status"] == "ok")]
         if not adaptive.empty:
-            md += ["### Adaptive solvers (tolerance → error, NFE)", ""]
-            for _, r in adaptive.iterrows():
-                tol = (r["solver_params"] or {}).get("rtol")
-                md.append(f"- {r['label']} tol={tol:g}: err {_fmt(r['err_rms'], r['nfe'])}")
-            md.append("")
+            doc.h(3, "Adaptive solvers (tolerance → error, NFE)")
+            doc.items([f"{r['label']} tol={(r['solver_params'] or {}).get('rtol'):g}: err "
+                       f"{_fmt(r['err_rms'], r['nfe'])}" for _, r in adaptive.iterrows()])
         bad = g[g["status"] != "ok"]
         if not bad.empty:
-            md += ["### Cells not ok", ""]
-            for _, r in bad.iterrows():
-                md.append(f"- {r['label']} steps={r['steps']}: **{r['status']}** — {r['message']}")
-            md.append("")
+            doc.h(3, "Cells not ok")
+            doc.items([f"{r['label']} steps={r['steps']}: **{r['status']}** — {r['message']}"
+                       for _, r in bad.iterrows()])
     grids_png = sorted(out.glob("samples_*.png"))
     if grids_png:
-        md += ["## Samples (`samplerbench preview`)", ""]
+        doc.h(2, "Samples (`samplerbench preview`)")
         for png in grids_png:
-            md += [f"![{png.stem}]({png.name})", ""]
-            html_parts.append(f'<img src="{png.name}" alt="{html.escape(png.stem)}">')
+            doc.img(png.name, png.stem)
     if "md" in formats:
-        (out / "README.md").write_text("\n".join(md))
+        (out / "README.md").write_text(f"# samplerbench report: {name}\n\n" + doc.markdown())
     if "csv" in formats:
         flat_rows(df).to_csv(out / "rows.csv", index=False)
     if "parquet" in formats:
         flat_rows(df).to_parquet(out / "rows.parquet", index=False, engine="pyarrow")
     if "html" in formats:
-        page = ("<!doctype html><html><head><meta charset='utf-8'><title>samplerbench report</title>"
-                "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-                "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
-                "padding:2px 6px}img{max-width:640px;display:block;margin:8px 0}</style></head>"
-                f"<body><h1>samplerbench report: {html.escape(str(spec.get('name', run_dir.name)))}</h1>"
-                + "\n".join(html_parts) + "</body></html>")
-        (out / "report.html").write_text(page)
+        (out / "report.html").write_text(doc.html(name))
     if "latex" in formats:
-        (out / "tables.tex").write_text("% requires \\usepackage{booktabs}\n" + "\n".join(tex_parts))
+        (out / "tables.tex").write_text("% requires \\usepackage{booktabs}\n" + doc.latex())
     return out
+
+
+def _headline_series(df: pd.DataFrame, model: str, floors: dict) -> dict:
+    """The headline figure's series for one model: the group-1 solvers at the smallest budget
+    (at most 6, by FID), plus euler as the baseline, FID ± se per budget; the floor band."""
+    ok = headline_cells(df)
+    ok = ok[ok["model"] == model]
+    budgets = sorted(int(b) for b in ok["nfe_budget"].unique())
+    if not budgets:
+        return {}
+    names = alias_names(ok)
+    first = ok[ok["nfe_budget"] == budgets[0]]
+    entries: dict = {}
+    for _, r in first.iterrows():
+        entries.setdefault(names[r["label"]], r)
+    labels = list(entries)
+    groups = stats.rank_groups([{"value": entries[lab]["fid"],
+                                 "blocks": _blocks(entries[lab], "fid")} for lab in labels])
+    lead = sorted((entries[lab]["fid"], lab) for lab, gi in zip(labels, groups) if gi == 1)[:6]
+    picks = [lab for _, lab in lead]
+    for base in ("euler", "heun"):
+        if base in names and names[base] not in picks:
+            picks.append(names[base])
+    series: dict = {}
+    for pick in picks[:8]:
+        names = pick.split(" = ")
+        rows = ok[ok["label"] == names[0]]
+        series[pick] = [(int(r["nfe_budget"]), r["fid"], r.get("fid_se"))
+                        for _, r in rows.iterrows()]
+    if floors:
+        series[None] = floors[budgets[-1]]
+    return series

@@ -45,8 +45,8 @@ def test_parquet_round_trips_rows_jsonl(tmp_path):
         row = by_id[rec["case_id"]]
         for k, v in row.items():
             got = rec[k]
-            if k in ("solver_params", "grid_params"):          # nested: JSON text, as in CSV
-                got = json.loads(got)
+            if k in ("solver_params", "grid_params") or isinstance(v, list):
+                got = json.loads(got)                          # nested: JSON text, as in CSV
             assert _same(v, got), (k, v, got)
             checked += 1
     assert checked == 6 * len(rows[0])
@@ -86,19 +86,23 @@ def test_kid_rows_and_report_table(tmp_path):
     digits = {r["steps"]: r for r in rows if r["model"] == "digits-rf"}
     assert set(digits) == {2, 4}
     for r in digits.values():
-        assert r["kid"] is not None and r["kid_std"] > 0
-        assert r["kid_protocol"].startswith(r["fid_features"] + "/poly3")
-        assert "subset_size=128" in r["kid_protocol"]
+        assert r["kid"] is not None and r["kid_se"] > 0 and len(r["kid_blocks"]) == 8
+        assert r["kid_protocol"] == r["fid_features"] + r["kid_protocol"][len(r["fid_features"]):]
+        assert r["kid_protocol"].endswith(",unbiased-mmd2-all-samples")
+        assert r["kid_floor"] is not None and r["kid_floor_sd"] > 0
     assert digits[4]["kid"] < digits[2]["kid"]               # measured 0.27 vs 0.72
     for r in rows:
         if r["model"] == "gmm2d":                            # KID is for digits models only
-            assert r["kid"] is None and r["kid_protocol"] is None and r["fid"] is not None
+            assert r.get("kid") is None and r.get("kid_protocol") is None and r["fid"] is not None
     assert main(["report", str(out), "--format", "md,html,latex"]) == 0
     md = (out / "report" / "README.md").read_text()
     section = md.split("## digits-rf")[1].split("\n## ")[0]
-    assert "### KID, mean ± std over subsets (NFE)" in section
-    kid2 = f"{digits[2]['kid']:.2e} ± {digits[2]['kid_std']:.1e} (2)"
-    assert f"| euler | {kid2} |" in section
+    assert "### KID — features: " + digits[2]["kid_protocol"] in section
+    from samplerbench.bench.report import _num
+
+    kid2 = f"{_num(digits[2]['kid'], digits[2]['kid_se'])} (2)"
+    assert f"| euler | {kid2} | " in section
+    assert "Floor (KID of exact samples" in section
     assert "KID" not in md.split("## gmm2d")[1]
     assert "KID" in (out / "report" / "report.html").read_text()
     assert r"$\pm$" in (out / "report" / "tables.tex").read_text()
@@ -115,38 +119,47 @@ def test_kid_needs_weak_metrics(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_headline_table_ranks_the_best_fid_within_each_budget():
+def test_headline_table_groups_equal_budget_cells_by_paired_tests():
+    """Budget cells only; FID ± se (NFE) and the rank group of the paired test; identical
+    samples (equal fingerprints) are one row "a = b"; a budget whose cell repeats the previous
+    budget's (same steps) says "="; diverged cells, data-space features and memorising models
+    are left out."""
     import pandas as pd
 
     from samplerbench.bench.report import headline_table
 
-    def row(solver, nfe, fid, model="digits-vp", feats="digits-features@x", status="ok"):
-        return {"model": model, "label": solver, "nfe": nfe, "fid": fid, "status": status,
-                "fid_features": feats}
+    def row(solver, budget, steps, nfe, blocks, model="digits-vp", status="ok", fp=None,
+            feats="digits-features@x", distinct=None):
+        fid = sum(blocks) / len(blocks)
+        return {"model": model, "label": solver, "solver": solver, "nfe_budget": budget,
+                "steps": steps, "nfe": nfe, "fid": fid, "fid_blocks": blocks, "fid_se": 0.1,
+                "status": status, "fid_features": feats, "x_fingerprint": fp or [fid, steps],
+                "x_rms": 1.0, "state_dtype": "float32", "fid_floor": 1.9, "fid_floor_sd": 1.0,
+                "train_distinct": distinct}
 
+    near = [5.0, 5.2, 4.9, 5.1]
     df = pd.DataFrame([
-        row("euler", 8, 40.0), row("euler", 16, 20.0), row("euler", 32, 11.0),
-        row("dpmpp_2m", 8, 12.0), row("dpmpp_2m", 16, 9.0), row("dpmpp_2m", 64, 8.0),
-        row("heun", 7, 90.0), row("heun", 31, 10.0), row("heun", 9, 1.0, status="diverged"),
-        row("euler", 8, 0.1, model="gmm64", feats="data:exact-moments"),   # not a learned FID
+        row("dpmpp_2m", 8, 8, 8, near), row("unipc_bh2", 8, 8, 8, [5.1, 5.2, 5.0, 5.2]),
+        row("euler", 8, 8, 8, [9.0, 9.4, 8.8, 9.1]),
+        row("ddim", 8, 8, 8, [9.0, 9.4, 8.8, 9.1], fp=[9.075, 8]),        # = euler's samples
+        row("heun", 8, 4, 7, [7.0, 7.3, 6.8, 7.2]), row("heun", 9, 4, 7, [7.0, 7.3, 6.8, 7.2]),
+        row("dpmpp_2m", 9, 9, 9, near), row("euler", 9, 9, 9, [8.0, 8.2, 7.9, 8.1]),
+        row("rk4", 8, 2, 5, [1.0, 1.0, 1.0, 1.0], status="diverged"),
+        row("euler", 8, 8, 8, near, feats="data:exact-moments", model="gmm64"),
+        row("euler", 8, 8, 8, near, model="digits-ideal", distinct=100),
     ])
-    t = headline_table(df, budgets=(10, 40))
-    assert list(t.columns) == ["digits-vp ≤ 10 NFE", "digits-vp ≤ 40 NFE"]
-    assert list(t.index) == ["dpmpp_2m", "euler", "heun"]          # by the first column
-    assert t.loc["dpmpp_2m", "digits-vp ≤ 10 NFE"] == "12.0 (8) #1"
-    assert t.loc["heun", "digits-vp ≤ 10 NFE"] == "90.0 (7) #3"      # the diverged cell is out
-    assert t.loc["dpmpp_2m", "digits-vp ≤ 40 NFE"] == "9.0 (16) #1"
-    assert t.loc["heun", "digits-vp ≤ 40 NFE"] == "10.0 (31) #2"
-    assert t.loc["euler", "digits-vp ≤ 40 NFE"] == "11.0 (32) #3"
-    assert headline_table(df[df["model"] == "gmm64"]).empty
-    # equal FIDs (two names of one update give the same samples) share a rank; the order of
-    # tied rows is by name, whatever the row order or the hash seed
-    tie = pd.concat([df, pd.DataFrame([row("ddim", 8, 12.0)])])
-    for frame in (tie, tie.iloc[::-1]):
-        t = headline_table(frame, budgets=(10,))
-        assert list(t.index) == ["ddim", "dpmpp_2m", "euler", "heun"]
-        assert t.loc["ddim"].iloc[0] == "12.0 (8) #1" and t.loc["dpmpp_2m"].iloc[0] == "12.0 (8) #1"
-        assert t.loc["euler"].iloc[0] == "40.0 (8) #3"
+    df.loc[df["label"] == "euler", "x_fingerprint"] = df.loc[df["label"] == "euler"].apply(
+        lambda r: [r["fid"], r["steps"]], axis=1)
+    t, floors = headline_table(df, "digits-vp")
+    assert list(t.columns) == ["≤ 8 NFE", "≤ 9 NFE"]
+    assert floors == {8: (1.9, 1.0), 9: (1.9, 1.0)}
+    assert set(t.index) == {"dpmpp_2m", "unipc_bh2", "ddim = euler", "heun"}
+    col = t["≤ 8 NFE"]
+    assert col["dpmpp_2m"].endswith("(8) g1") and col["unipc_bh2"].endswith("(8) g1")
+    assert col["heun"].endswith("(7) g2") and col["ddim = euler"].endswith("(8) g3")
+    assert t.loc["heun", "≤ 9 NFE"].endswith("(7) g2 =")           # the same cell as at 8
+    assert t.loc["unipc_bh2", "≤ 9 NFE"] == "—"
+    assert headline_table(df, "gmm64")[0].empty and headline_table(df, "digits-ideal")[0].empty
 
 
 def test_report_reads_the_latest_row_of_each_cell(tmp_path):
