@@ -156,8 +156,9 @@ def cmd_run(args) -> int:
         if name not in names:
             raise UserError("--recompute", name, sorted(names),
                             hint="name solvers of this run's spec")
+    recompute_if = tuple(_condition(c) for c in args.recompute_if or [])
     summary = run_spec(spec, out, device=args.device, resume=not args.no_resume,
-                       progress=not args.quiet, recompute=recompute)
+                       progress=not args.quiet, recompute=recompute, recompute_if=recompute_if)
     status = summary["matrix_status"]          # over the whole matrix, reused cells included
     bad = {k: status[k] for k in ("failed", "diverged") if status.get(k)}
     if summary.get("rank", 0) != 0:                # torchrun: rank 0 reports
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recompute", metavar="SOLVER[,SOLVER]",
                      help="compute the finished cells of these solvers again (after a fix); "
                      "the new rows supersede the old")
+    run.add_argument("--recompute-if", action="append", metavar="KEY>NUMBER",
+                     help="compute again the finished cells whose row has KEY > (or <, =) "
+                     "NUMBER, e.g. x_rms>8 (repeatable: any condition)")
     run.add_argument("--models", help="ad hoc: comma-separated model names")
     run.add_argument("--solvers", help="ad hoc: comma-separated solver names")
     run.add_argument("--steps", help="ad hoc: comma-separated step counts, e.g. 4,8,16")
@@ -334,6 +338,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated: md,csv,html,latex,parquet")
     rp.set_defaults(fn=cmd_report)
     return p
+
+
+def _condition(text: str) -> tuple[str, str, float]:
+    """``--recompute-if`` KEY>NUMBER (or <, =) -> (key, op, number)."""
+    import re
+
+    m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*([<>=])\s*([-+0-9.eE]+)\s*", text)
+    try:
+        if m:
+            return m.group(1), m.group(2), float(m.group(3))
+    except ValueError:
+        pass
+    raise UserError("--recompute-if", text, hint="KEY>NUMBER, KEY<NUMBER or KEY=NUMBER over "
+                    "a numeric row field, e.g. x_rms>8")
 
 
 def main(argv=None) -> int:

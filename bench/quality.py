@@ -137,8 +137,10 @@ class QualityMetrics:
     def __call__(self, den, x: torch.Tensor, blocks: int | None) -> dict:
         """Row fields for the samples ``x`` of model ``den`` (the model itself, not a wrapper:
         its ``mixture`` / ``dataset`` say what to measure)."""
+        per_sample = x.detach().double().reshape(x.shape[0], -1).pow(2).mean(1).sqrt()
         out: dict = {"x_fingerprint": stats.fingerprint(x),
-                     "x_rms": float(x.double().pow(2).mean().sqrt())}
+                     "x_rms": float(per_sample.pow(2).mean().sqrt()),
+                     "x_rms_max": float(per_sample.max())}
         mixture = getattr(den, "mixture", None)
         dataset = getattr(den, "dataset", None)
         flat = x.reshape(x.shape[0], -1).double()

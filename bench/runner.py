@@ -144,9 +144,11 @@ class Runner:
     """Runs a spec into ``out_dir``.  ``run()`` returns a summary dict."""
 
     def __init__(self, spec: Spec, out_dir: str | Path, device: str | None = None,
-                 resume: bool = True, progress: bool = True, recompute: tuple = ()):
+                 resume: bool = True, progress: bool = True, recompute: tuple = (),
+                 recompute_if: tuple = ()):
         self.spec = spec
         self.recompute = set(recompute)   # solvers whose finished cells are computed again
+        self.recompute_if = tuple(recompute_if)   # (key, op, number): rows to compute again
         self.out = Path(out_dir)
         self.device = resolve_device(device or spec.device)
         self.dist = Dist.from_env(self.device)
@@ -546,6 +548,9 @@ class Runner:
             # cells of solvers named by --recompute run again (a fix, a new status rule); their
             # new rows supersede the old ones (rows.jsonl stays append-only)
             done -= {c.case_id for c in cells if c.solver.name in self.recompute}
+            if self.recompute_if:
+                done -= {r["case_id"] for r in latest_rows(read_rows(self.store.path))
+                         if any(_holds(r, *cond) for cond in self.recompute_if)}
             self._write_run_json()
         done = self.dist.broadcast(done)                    # every rank runs the same cells
         todo = [c for c in cells if c.case_id not in done]
@@ -578,12 +583,21 @@ class Runner:
         return summary
 
 
+def _holds(row: dict, key: str, op: str, value: float) -> bool:
+    """``row[key] op value`` for a numeric field (False where the row has no number there)."""
+    v = row.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return v > value if op == ">" else v < value if op == "<" else v == value
+
+
 def run_spec(spec: Spec, out_dir: str | Path | None = None, device: str | None = None,
-             resume: bool = True, progress: bool = True, recompute: tuple = ()) -> dict:
+             resume: bool = True, progress: bool = True, recompute: tuple = (),
+             recompute_if: tuple = ()) -> dict:
     """Library entry point of ``samplerbench run``."""
     out = Path(out_dir) if out_dir else Path("results") / spec.name
     runner = Runner(spec, out, device=device, resume=resume, progress=progress,
-                    recompute=recompute)
+                    recompute=recompute, recompute_if=recompute_if)
     try:
         return runner.run()
     finally:

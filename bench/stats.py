@@ -45,7 +45,11 @@ DEFAULT_BLOCKS = 8           # seed blocks per cell when the spec does not say
 FINGERPRINT_DIM = 16         # projections stored per row
 FINGERPRINT_SEED = 20261201
 ALIAS_RTOL = 1e-12           # fingerprints equal to this (relative to the samples' RMS): aliases
-ALIAS_RTOL_32 = 2e-6         # the same for float32 / bfloat16 solver states
+# float32 / bfloat16 solver states: one update written in two orders (dpm_2 / dpm_solver_2,
+# lms / ipndm_v, ddpm / euler_ancestral) differs in the last bits, amplified by the network over
+# the steps -- measured up to 1.5e-5 on the digits U-Nets at 2048 samples -- while two different
+# algorithms (dpmpp_2m / unipc_bh2, the closest pair) differ by >= 1.8e-2
+ALIAS_RTOL_32 = 1e-4
 FLOOR_DRAWS = 10             # independent real-data draws behind a floor's mean and sd
 
 

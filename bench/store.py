@@ -20,7 +20,7 @@ ROW_KEYS = (
     "kid_std", "kid_protocol", "swd", "nonconv", "wall_s", "model_s", "overhead_s",
     "nfe_budget", "blocks", "fid_se", "fid_blocks", "fid_floor", "fid_floor_sd", "kid_se",
     "kid_blocks", "kid_floor", "kid_floor_sd", "swd_se", "swd_blocks", "swd_floor",
-    "swd_floor_sd", "err_rms_se", "x_fingerprint", "x_rms", "train_reached", "train_distinct",
+    "swd_floor_sd", "err_rms_se", "x_fingerprint", "x_rms", "x_rms_max", "train_reached", "train_distinct",
     "time_per_sample_s", "peak_mem_bytes", "peak_mem_kind", "compile", "max_nfe", "git_sha",
     "torch_version",
 )
