@@ -316,6 +316,35 @@ def headline_table(df: pd.DataFrame, model: str) -> tuple[pd.DataFrame, dict]:
     return table.loc[labels], floors
 
 
+def group_one_table(df: pd.DataFrame, most: int = 6) -> pd.DataFrame:
+    """NFE budgets x models: the solvers in rank group 1 (no paired test separates them from the
+    best cell of the column), best first, with FID ± se; the answer to "which solver at this
+    budget" that the data support (the ``most`` best are named, the rest counted)."""
+    ok = headline_cells(df)
+    out: dict = {}
+    for model in dict.fromkeys(ok["model"]):
+        cells = ok[ok["model"] == model]
+        names = alias_names(cells)
+        col = {}
+        for b in sorted(int(x) for x in cells["nfe_budget"].unique()):
+            entries: dict = {}
+            for _, r in cells[cells["nfe_budget"] == b].iterrows():
+                entries.setdefault(names[r["label"]], r)
+            labels = list(entries)
+            if not all(_blocks(entries[lab], "fid") for lab in labels):
+                continue
+            groups = stats.rank_groups([{"value": entries[lab]["fid"],
+                                         "blocks": _blocks(entries[lab], "fid")}
+                                        for lab in labels])
+            first = sorted((entries[lab]["fid"], lab) for lab, g in zip(labels, groups) if g == 1)
+            shown = ", ".join(f"{lab} {_num(v, entries[lab].get('fid_se'))}"
+                              for v, lab in first[:most])
+            col[f"≤ {b} NFE"] = shown + (f" (+{len(first) - most} more)"
+                                         if len(first) > most else "")
+        out[model] = col
+    return pd.DataFrame(out)
+
+
 def _md(table: pd.DataFrame, index: bool = True) -> str:
     if table.empty:
         return "_no rows_\n"
@@ -504,7 +533,22 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
                          "FID ± se vs NFE budget: the leading solvers at the smallest budget",
                          "FID (digits features)"):
             doc.img("headline.png", "FID vs NFE budget, headline solvers, with the floor")
+        top = group_one_table(df)
+        if not top.empty:
+            doc.h(3, "Group 1 at each budget")
+            doc.table(top, "The solvers no paired test separates from the best cell at each "
+                      "NFE budget (FID ± se), best first")
+        floors_txt = "; ".join(
+            f"{m}: {float(headline_cells(df)[headline_cells(df)['model'] == m]['fid_floor'].iloc[0]):.3g}"
+            for m in head_models if "fid_floor" in df)
+        (out / "summary.md").write_text(
+            "Rank group 1 at each NFE budget: the solvers that no paired test on the shared seeds "
+            "separates from the best cell (FID ± se, best first; `a = b`: identical samples). "
+            f"Floor (real digits, same sample count): {floors_txt}.\n\n" + _md(top))
         (out / "headline.md").write_text(
+            "Rank group 1 at each NFE budget: the solvers that no paired test on the shared seeds "
+            "separates from the best cell (FID ± se, best first; `a = b`: identical samples). "
+            f"Floor (real digits, same sample count): {floors_txt}.\n\n" + _md(top) + "\n"
             "FID ± se (counted NFE) g<rank group> at equal NFE budgets; `=`: the same cell as at "
             "the previous budget; `a = b`: identical samples. " + RANK_NOTE + "\n\n"
             + "\n".join(headline_md))
