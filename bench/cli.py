@@ -229,10 +229,21 @@ def cmd_preview(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from samplerbench.bench.conformance import check_solver
+    from samplerbench.bench.conformance import Check, check_solver
+    from samplerbench.solvers import get_solver
+    from samplerbench.solvers.registry import plugin_failure
 
-    rep = check_solver(args.name, _kv(args.solver_opt, "--solver-opt"), model=args.model)
-    print(rep.format())
+    failure = plugin_failure(args.name)
+    if failure:                                # a plugin that did not load: that is the report
+        print(f"check-solver {args.name}\n{Check('load', False, failure).format()}\n"
+              "result: NOT conformant", flush=True)
+        return 1
+
+    opts = _kv(args.solver_opt, "--solver-opt")
+    print(f"check-solver {args.name} {get_solver(args.name, **opts).params()}", flush=True)
+    rep = check_solver(args.name, opts, model=args.model,
+                       on_check=lambda c: print(c.format(), flush=True))   # as each finishes
+    print(rep.footer(), flush=True)
     return 0 if rep.passed else 1
 
 
