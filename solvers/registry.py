@@ -31,7 +31,8 @@ def capability_problem(cls) -> str | None:
         return f"{cls.__name__}.kind must be 'ode' or 'sde', not {cls.kind!r}"
     if cls.stages is not None and (isinstance(cls.stages, bool) or not isinstance(cls.stages, int)
                                    or cls.stages < 0):
-        return f"{cls.__name__}.stages must be None or an integer >= 0 (model calls per step), not {cls.stages!r}"
+        return (f"{cls.__name__}.stages must be None or an integer >= 0 (model calls per step), "
+                f"not {cls.stages!r}")
     for attr in ("order", "strong_order", "weak_order"):
         v = getattr(cls, attr)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))

@@ -185,8 +185,8 @@ def test_sample_auto_on_a_diffusers_flow_folder_uses_its_shift(tmp_path, capsys)
 
 def test_adhoc_run_grid_opt_solver_opt_and_auto(tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["run", "--models", "gmm2d", "--solvers", "euler_ancestral", "--steps", "4", "--samples", "4", "--solver-opt", "eta=0.5",
-                 "--grid", "karras,auto", "--out", str(out), "--quiet"]) == 0
+    assert main(["run", "--models", "gmm2d", "--solvers", "euler_ancestral", "--steps", "4",
+                 "--samples", "4", "--solver-opt", "eta=0.5", "--grid", "karras,auto", "--out", str(out), "--quiet"]) == 0
     rows = rows_of(out)
     assert {r["grid"] for r in rows} == {"karras"}
     assert sorted(str(r["grid_requested"]) for r in rows) == ["None", "auto"]
