@@ -123,6 +123,10 @@ def cmd_list(args) -> int:
             p = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in params.items()) or "-"
             print(f"{name:<16} {p:<20} {doc}")
+        print(f"{'auto':<16} {'-':<20} the model's recommended grid (a diffusers flow-matching "
+              "folder: shift with its config's shift), else karras")
+        print(f"{'@FILE.json':<16} {'(any)':<20} a grid spec from a JSON file: "
+              '{"name": ..., <params>}')
     return 0
 
 
