@@ -15,6 +15,7 @@ import torch
 
 from samplerbench.models.denoiser import Denoiser
 from samplerbench.solvers import make_grid, make_noise
+from samplerbench.solvers.grids import resolve_grid
 
 
 class _ZeroDenoiser(Denoiser):
@@ -29,6 +30,7 @@ _CACHE: dict = {}
 
 def counted_nfe(solver, den, grid_name: str, grid_params: dict, final: str, steps: int) -> int:
     """Model calls of one solve of ``solver`` with ``steps`` steps (a one-sample dry run)."""
+    grid_name, grid_params = resolve_grid(grid_name, grid_params, den)      # "auto"
     key = (solver.name, repr(sorted(solver.params().items())), type(den.schedule).__name__,
            repr(den.schedule.__dict__), tuple(den.data_shape), grid_name,
            repr(sorted(grid_params.items())), final, steps)

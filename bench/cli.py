@@ -21,6 +21,11 @@ EXAMPLES = """examples:
   samplerbench run --models gmm64 --solvers euler,heun,dpmpp_2m --nfe 6,8,10 --samples 256
   samplerbench sample gmm2d heun --steps 18 --n 512 --out samples.npz
   samplerbench sample gmm64 euler_ancestral --steps 32 --noise brownian --solver-opt eta=0.5 --out x.npz
+  samplerbench sample gmm64 dpmpp_2m --steps 10 --grid karras --grid-opt rho=5 --out x.npz
+  samplerbench sample gmm64 euler --steps 4 --grid list --grid-opt values=80,10,1,0.1 \
+      --grid-opt space=ratio --x-init z.npy --out x.npz
+  samplerbench run --models gmm64 --solvers unipc_bh2 --solver-opt solver_order=3 --steps 8 \
+      --grid @my_grid.json --error on
   samplerbench report results/quick --format md,csv,html,parquet
   samplerbench check-solver dpmpp_2m
 """
@@ -44,6 +49,9 @@ def _value(text: str):
         return text
 
 
+ERROR_MODES = {"on": True, "off": False, "analytic": "analytic"}
+
+
 def _count(text: str) -> int:
     """An integer argument; 1e9 is read as 1000000000, so the range check can name the limit."""
     try:
@@ -60,13 +68,23 @@ def _count(text: str) -> int:
 
 
 def _kv(items, field: str) -> dict:
+    """``--solver-opt`` / ``--grid-opt`` items ``key=value``: numbers, true/false, strings;
+    ``a,b,c`` is a list (``--grid-opt values=80,10,1,0.1``)."""
     out = {}
     for item in items or []:
-        if "=" not in item:
+        if "=" not in item or not item.split("=", 1)[0].strip():
             raise UserError(field, item, hint="expected key=value")
         k, v = item.split("=", 1)
-        out[k.strip()] = _value(v.strip())
+        v = v.strip()
+        out[k.strip()] = [_value(x.strip()) for x in v.split(",")] if "," in v else _value(v)
     return out
+
+
+def _grid_opts(items) -> dict:
+    opts = _kv(items, "--grid-opt")
+    if "values" in opts and not isinstance(opts["values"], list):
+        opts["values"] = [opts["values"]]            # one value: still a list
+    return opts
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,6 +123,10 @@ def cmd_list(args) -> int:
             p = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in params.items()) or "-"
             print(f"{name:<16} {p:<20} {doc}")
+        print(f"{'auto':<16} {'-':<20} the model's recommended grid (a diffusers flow-matching "
+              "folder: shift with its config's shift), else karras")
+        print(f"{'@FILE.json':<16} {'(any)':<20} a grid spec from a JSON file: "
+              '{"name": ..., <params>}')
     return 0
 
 
@@ -118,14 +140,21 @@ def cmd_run(args) -> int:
     if args.spec and (args.models or args.solvers):
         raise UserError("run", args.spec, hint="give a SPEC.toml or --models/--solvers, not both")
     if args.spec:
+        for flag, given in (("--grid-opt", args.grid_opt), ("--solver-opt", args.solver_opt),
+                            ("--error", args.error)):
+            if given:
+                raise UserError(flag, given, hint=f"an ad-hoc flag: with {args.spec} set it in "
+                                "the spec (grids / solvers tables, [metrics] error)")
         spec = load_spec(args.spec)
     else:
         if not args.models or not args.solvers:
             raise UserError("run", None, hint="give SPEC.toml, or --models and --solvers")
+        solver_opts = _kv(args.solver_opt, "--solver-opt")
+        grid_opts = _grid_opts(args.grid_opt)
         raw = {"name": args.name or "adhoc",
                "models": [m for m in args.models.split(",") if m],
-               "solvers": [s for s in args.solvers.split(",") if s],
-               "grids": [g for g in (args.grid or "karras").split(",") if g],
+               "solvers": [{"name": s, **solver_opts} for s in args.solvers.split(",") if s],
+               "grids": [{"name": g, **grid_opts} for g in (args.grid or "auto").split(",") if g],
                "samples": args.samples if args.samples is not None else 64,
                "seed": args.seed if args.seed is not None else 0,
                "final": args.final or "zero",
@@ -135,8 +164,11 @@ def cmd_run(args) -> int:
             raw["steps"] = parse_csv_ints("--steps", args.steps)
         if args.nfe:
             raw["nfe"] = parse_csv_ints("--nfe", args.nfe)
+        # a trained network's float64 reference costs thousands of model calls: by default
+        # err_rms is measured for analytic models only (--error on to pay for it)
+        raw["metrics"] = {"error": ERROR_MODES[args.error or "analytic"]}
         if args.blocks is not None:
-            raw["metrics"] = {"blocks": args.blocks}
+            raw["metrics"]["blocks"] = args.blocks
         if args.tolerances:
             raw["tolerances"] = parse_csv_floats("--tolerances", args.tolerances)
         spec = parse_spec(raw)
@@ -174,9 +206,13 @@ def cmd_sample(args) -> int:
 
     opts = _kv(args.solver_opt, "--solver-opt")
     info = sample_to_npz(args.model, args.solver, steps=args.steps, grid=args.grid,
-                         final=args.final, n=args.n, seed=args.seed, noise=args.noise,
-                         solver_opts=opts, out=args.out, dtype=args.dtype, device=args.device)
-    print(f"wrote {args.out}: {info['n']} samples, {info['nfe']} NFE, status {info['status']}")
+                         grid_params=_grid_opts(args.grid_opt), final=args.final, n=args.n,
+                         seed=args.seed, noise=args.noise, solver_opts=opts, out=args.out,
+                         dtype=args.dtype, device=args.device, x_init=args.x_init)
+    grid = info["grid"] + "".join(f" {k}={v}" for k, v in info["grid_params"].items()
+                                  if k != "values")
+    print(f"wrote {args.out}: {info['n']} samples, {info['nfe']} NFE, grid {grid}, "
+          f"status {info['status']}")
     return 0 if info["status"] == "ok" else 1
 
 
@@ -211,6 +247,35 @@ def trainable() -> dict:
     return names
 
 
+def train_epilog() -> str:
+    """``train --help``: the names, each with the training time its shipped card records
+    (``train_seconds``, on the machine and threads it names)."""
+    import json
+
+    from samplerbench.models.nets import CHECKPOINT_DIR
+
+    lines = ["names and training times (train_seconds of models/checkpoints/NAME.json, 1 torch "
+             "thread;", "start-up adds more: `time samplerbench train digits-features` took 25 s "
+             "wall on a busy 2-core CPU):"]
+    for name in sorted(trainable()):
+        try:
+            card = json.loads((CHECKPOINT_DIR / f"{name}.json").read_text())
+            took = card.get("train_seconds")
+        except (OSError, ValueError):
+            took = None
+        when = f"about {took:.0f} s" if isinstance(took, (int, float)) else "(no recorded time)"
+        lines.append(f"  {name:<18} {when}")
+    lines += ["", "examples:", "  samplerbench train digits-features --out /tmp/ckpt",
+              "  samplerbench train moons-rf            # overwrites models/checkpoints/moons-rf.*"]
+    return "\n".join(lines)
+
+
+class _TrainParser(_Parser):
+    def format_help(self):                 # the names and times are read only when asked for
+        self.epilog = train_epilog()
+        return super().format_help()
+
+
 def cmd_train(args) -> int:
     names = trainable()
     if args.name not in names:
@@ -236,10 +301,21 @@ def cmd_preview(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from samplerbench.bench.conformance import check_solver
+    from samplerbench.bench.conformance import Check, check_solver
+    from samplerbench.solvers import get_solver
+    from samplerbench.solvers.registry import plugin_failure
 
-    rep = check_solver(args.name, _kv(args.solver_opt, "--solver-opt"), model=args.model)
-    print(rep.format())
+    failure = plugin_failure(args.name)
+    if failure:                                # a plugin that did not load: that is the report
+        print(f"check-solver {args.name}\n{Check('load', False, failure).format()}\n"
+              "result: NOT conformant", flush=True)
+        return 1
+
+    opts = _kv(args.solver_opt, "--solver-opt")
+    print(f"check-solver {args.name} {get_solver(args.name, **opts).params()}", flush=True)
+    rep = check_solver(args.name, opts, model=args.model,
+                       on_check=lambda c: print(c.format(), flush=True))   # as each finishes
+    print(rep.footer(), flush=True)
     return 0 if rep.passed else 1
 
 
@@ -273,7 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--blocks", type=int, help="ad hoc: seed blocks for the quality metrics' "
                      "standard errors (>= 2, dividing --samples)")
     run.add_argument("--tolerances", help="ad hoc: tolerances for adaptive solvers, e.g. 1e-3,1e-5")
-    run.add_argument("--grid", help="ad hoc: grid name(s) (default karras)")
+    run.add_argument("--grid", help="ad hoc: grid name(s), 'auto' (default: the model's "
+                     "recommended grid, e.g. a diffusers flow model's shift, else karras) or "
+                     "@FILE.json")
+    run.add_argument("--grid-opt", action="append", metavar="KEY=VALUE",
+                     help="ad hoc, repeatable: a grid parameter, e.g. rho=5 or "
+                     "values=80,10,1,0.1 (lists comma-separated)")
+    run.add_argument("--solver-opt", action="append", metavar="KEY=VALUE",
+                     help="ad hoc, repeatable: a parameter of every solver in --solvers")
+    run.add_argument("--error", choices=sorted(ERROR_MODES),
+                     help="ad hoc: err_rms against a float64 reference: on, off, or analytic "
+                     "(default: analytic models only; a trained network's costs ~7000 calls)")
     run.add_argument("--final", choices=["zero", "t_min"], help="ad hoc: grid end")
     run.add_argument("--samples", type=int, help="ad hoc: samples per cell (default 64)")
     run.add_argument("--seed", type=int, help="ad hoc: base seed (default 0)")
@@ -296,9 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("model")
     sm.add_argument("solver")
     sm.add_argument("--steps", type=_count, required=True)
-    sm.add_argument("--grid", default="karras")
+    sm.add_argument("--grid", default="auto", help="grid name, 'auto' (default: the model's "
+                    "recommended grid, else karras) or @FILE.json ({\"name\": ..., <params>})")
+    sm.add_argument("--grid-opt", action="append", metavar="KEY=VALUE",
+                    help="repeatable: a grid parameter, e.g. rho=5, or values=80,10,1,0.1 "
+                    "space=ratio for --grid list")
     sm.add_argument("--final", default="zero", choices=["zero", "t_min"])
-    sm.add_argument("--n", type=int, default=64)
+    sm.add_argument("--n", type=int, help="samples (default 64, or the rows of --x-init)")
+    sm.add_argument("--x-init", metavar="Z.npy", help="standard-normal draw z [n, *data_shape] "
+                    "instead of the seeded one (x_init = sigma(t_start) z)")
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--noise", default="fresh", choices=["fresh", "brownian"])
     sm.add_argument("--solver-opt", action="append", metavar="KEY=VALUE")
@@ -307,8 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", required=True, help="output .npz")
     sm.set_defaults(fn=cmd_sample)
 
-    tr = sub.add_parser("train", help="reproduce a shipped checkpoint from its fixed seed")
-    tr.add_argument("name")
+    tr = sub.add_parser("train", help="reproduce a shipped checkpoint from its fixed seed",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.__class__ = _TrainParser
+    tr.add_argument("name", help="a trainable name (listed below)")
     tr.add_argument("--out", help="output folder (default models/checkpoints)")
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(fn=cmd_train)

@@ -33,6 +33,10 @@ class Check:
     passed: bool | None          # None: not applicable
     detail: str
 
+    def format(self) -> str:
+        mark = {True: "PASS", False: "FAIL", None: "n/a "}[self.passed]
+        return f"  [{mark}] {self.name:<12} {self.detail}"
+
 
 @dataclass
 class ConformanceReport:
@@ -45,12 +49,13 @@ class ConformanceReport:
         return all(c.passed is not False for c in self.checks)
 
     def format(self) -> str:
-        lines = [f"check-solver {self.solver} {self.params}"]
-        for c in self.checks:
-            mark = {True: "PASS", False: "FAIL", None: "n/a "}[c.passed]
-            lines.append(f"  [{mark}] {c.name:<12} {c.detail}")
-        lines.append("result: " + ("conformant" if self.passed else "NOT conformant"))
-        return "\n".join(lines)
+        return "\n".join([self.header()] + [c.format() for c in self.checks] + [self.footer()])
+
+    def header(self) -> str:
+        return f"check-solver {self.solver} {self.params}"
+
+    def footer(self) -> str:
+        return "result: " + ("conformant" if self.passed else "NOT conformant")
 
 
 def _run(solver, model, grid, seeds, noise_mode="brownian"):
@@ -87,71 +92,121 @@ def measure_order(solver, model, declared: float, n_samples: int = 8, start: int
     return fit_order(nfes, errs, n_points=3), nfes, errs
 
 
-def check_solver(name: str, params: dict | None = None, model: str = "gmm64") -> ConformanceReport:
+class _Checks:
+    """Collects the checks of a report and hands each to ``on_check`` as it finishes; a check
+    whose code raises (a plugin's ``step`` throwing) is a FAIL naming the exception, and the
+    remaining checks still run."""
+
+    def __init__(self, rep: ConformanceReport, on_check):
+        self.rep, self.on_check = rep, on_check
+
+    def add(self, check: Check) -> None:
+        self.rep.checks.append(check)
+        if self.on_check is not None:
+            self.on_check(check)
+
+    def guard(self, name: str, fn) -> None:
+        try:
+            fn()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            text = " ".join(str(exc).split())[:200]
+            self.add(Check(name, False, f"raised {type(exc).__name__}: {text}"))
+
+
+def check_solver(name: str, params: dict | None = None, model: str = "gmm64",
+                 on_check=None) -> ConformanceReport:
+    """Run the conformance checks of solver ``name``; ``on_check(check)`` is called as each one
+    finishes (the CLI prints it at once)."""
     params = dict(params or {})
     solver = get_solver(name, **params)
     rep = ConformanceReport(name, solver.params())
     den = load_model(model)
     cls = type(solver)
+    out = _Checks(rep, on_check)
 
     # --- order -------------------------------------------------------------------------------
-    declared = solver.order if cls.kind == "ode" else None   # per instance (solver_order)
-    if solver.stochastic or declared is None or solver.adaptive:
-        why = ("stochastic: strong/weak orders are measured by the SDE study" if solver.stochastic
-               else "adaptive: tolerance, not steps, is its budget" if solver.adaptive
-               else "no declared order")
-        rep.checks.append(Check("order", None, why))
-    else:
+    def order():
+        declared = solver.order if cls.kind == "ode" else None   # per instance (solver_order)
+        if solver.stochastic or declared is None or solver.adaptive:
+            why = ("stochastic: strong/weak orders are measured by the SDE study"
+                   if solver.stochastic
+                   else "adaptive: tolerance, not steps, is its budget" if solver.adaptive
+                   else "no declared order")
+            out.add(Check("order", None, why))
+            return
         p, nfes, errs = measure_order(solver, den, declared)
         ok = p is not None and abs(p - declared) <= ORDER_TOLERANCE
         pts = ", ".join(f"{n}:{e:.1e}" for n, e in zip(nfes, errs))
-        rep.checks.append(Check("order", ok, f"declared {declared:g}, measured "
-                                f"{'-' if p is None else f'{p:.2f}'} (NFE:err {pts})"))
+        out.add(Check("order", ok, f"declared {declared:g}, measured "
+                      f"{'-' if p is None else f'{p:.2f}'} (NFE:err {pts})"))
+
+    out.guard("order", order)
 
     # --- NFE honesty ---------------------------------------------------------------------------
     seeds = sample_seeds(0, 4)
     for final in ("zero", "t_min"):
-        g = make_grid("karras", den.schedule, 10, final=final)
-        _, sol = _run(solver, den, g, seeds)
-        expected = solver.declared_nfe(g)
-        if expected is None:
-            rep.checks.append(Check(f"nfe/{final}", None, f"counted {sol.nfe} (adaptive)"))
-        else:
-            rep.checks.append(Check(f"nfe/{final}", sol.nfe == expected,
-                                    f"counted {sol.nfe}, declared {expected} "
-                                    f"({cls.stages} per step, 10 steps)"))
+        def nfe(final=final):
+            g = make_grid("karras", den.schedule, 10, final=final)
+            _, sol = _run(solver, den, g, seeds)
+            expected = solver.declared_nfe(g)
+            if expected is None:
+                out.add(Check(f"nfe/{final}", None, f"counted {sol.nfe} (adaptive)"))
+            else:
+                out.add(Check(f"nfe/{final}", sol.nfe == expected,
+                              f"counted {sol.nfe}, declared {expected} "
+                              f"({cls.stages} per step, 10 steps)"))
+
+        out.guard(f"nfe/{final}", nfe)
 
     # --- determinism, batch invariance, shape ---------------------------------------------------
     g = make_grid("karras", den.schedule, 12)
-    _, a = _run(solver, den, g, seeds)
-    _, b = _run(solver, den, g, seeds)
-    rep.checks.append(Check("determinism", bool(torch.equal(a.x, b.x)),
-                            "same seed, same result" if torch.equal(a.x, b.x)
-                            else f"max diff {float((a.x - b.x).abs().max()):.2e}"))
-    singles = torch.cat([_run(solver, den, g, [s])[1].x for s in seeds])
-    d = float((singles - a.x).abs().max())
-    if solver.adaptive:
-        # step-size control takes one error norm over the whole batch
-        rep.checks.append(Check("batch", None, f"adaptive: the error norm spans the batch, so "
-                                f"results depend on it (max diff {d:.1e})"))
-    else:
-        scale = max(1.0, float(a.x.abs().max()))       # relative: values may be large
-        rep.checks.append(Check("batch", d <= 1e-9 * scale, f"batch of {len(seeds)} vs one by "
-                                f"one: max diff {d:.1e} (scale {scale:.1e})"))
-    flat = GMMDenoiser(den.mixture, den.schedule, (den.mixture.dim,))
-    _, f = _run(solver, flat, g, seeds)
-    d = float((f.x.reshape(a.x.shape) - a.x).abs().max())
-    rep.checks.append(Check("shape", d <= 1e-9 and a.x.shape == (4, 1, 8, 8),
-                            f"(B,1,8,8) vs (B,64): max diff {d:.1e}"))
+    first = {}
+
+    def determinism():
+        _, a = _run(solver, den, g, seeds)
+        _, b = _run(solver, den, g, seeds)
+        first["a"] = a
+        out.add(Check("determinism", bool(torch.equal(a.x, b.x)),
+                      "same seed, same result" if torch.equal(a.x, b.x)
+                      else f"max diff {float((a.x - b.x).abs().max()):.2e}"))
+
+    def batch():
+        a = first.get("a") or _run(solver, den, g, seeds)[1]
+        singles = torch.cat([_run(solver, den, g, [s])[1].x for s in seeds])
+        d = float((singles - a.x).abs().max())
+        if solver.adaptive:
+            # step-size control takes one error norm over the whole batch
+            out.add(Check("batch", None, f"adaptive: the error norm spans the batch, so "
+                          f"results depend on it (max diff {d:.1e})"))
+        else:
+            scale = max(1.0, float(a.x.abs().max()))       # relative: values may be large
+            out.add(Check("batch", d <= 1e-9 * scale, f"batch of {len(seeds)} vs one by "
+                          f"one: max diff {d:.1e} (scale {scale:.1e})"))
+
+    def shape():
+        a = first.get("a") or _run(solver, den, g, seeds)[1]
+        flat = GMMDenoiser(den.mixture, den.schedule, (den.mixture.dim,))
+        _, f = _run(solver, flat, g, seeds)
+        d = float((f.x.reshape(a.x.shape) - a.x).abs().max())
+        out.add(Check("shape", d <= 1e-9 and a.x.shape == (4, 1, 8, 8),
+                      f"(B,1,8,8) vs (B,64): max diff {d:.1e}"))
+
+    out.guard("determinism", determinism)
+    out.guard("batch", batch)
+    out.guard("shape", shape)
 
     # --- flow model from t = 1 -------------------------------------------------------------------
-    rf = load_model(model + "-rf") if not model.endswith("-rf") else den
-    g = make_grid("uniform", rf.schedule, 12)
-    reason = solver.check(rf, g)
-    if reason:
-        rep.checks.append(Check("flow", None, f"declines t = 1 on rf: {reason}"))
-    else:
-        _, sol = _run(solver, rf, g, seeds)
-        rep.checks.append(Check("flow", sol.status == "ok",
-                                f"rf from t = 1: status {sol.status}"))
+    def flow():
+        rf = load_model(model + "-rf") if not model.endswith("-rf") else den
+        gf = make_grid("uniform", rf.schedule, 12)
+        reason = solver.check(rf, gf)
+        if reason:
+            out.add(Check("flow", None, f"declines t = 1 on rf: {reason}"))
+        else:
+            _, sol = _run(solver, rf, gf, seeds)
+            out.add(Check("flow", sol.status == "ok", f"rf from t = 1: status {sol.status}"))
+
+    out.guard("flow", flow)
     return rep

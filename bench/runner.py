@@ -32,7 +32,8 @@ from samplerbench.models.denoiser import (CastDenoiser, CompiledDenoiser, NFEBud
 from samplerbench.models.errors import UserError
 from samplerbench.models.guidance import class_labels, conditional_models, guided
 from samplerbench.models.zoo import is_analytic, load_model, model_entry
-from samplerbench.solvers import Solution, get_solver, initial_noise, make_grid, make_noise
+from samplerbench.solvers import Solution, get_solver, initial_noise, make_noise
+from samplerbench.solvers.grids import make_model_grid
 from samplerbench.solvers.classical.adaptive import reference_solve
 from samplerbench.solvers.noise import sample_seeds
 
@@ -213,8 +214,8 @@ class Runner:
         key = (cell.model, cell.grid.name, params, steps, cell.final)
         g = self._grids.get(key)
         if g is None:
-            g = self._grids[key] = make_grid(cell.grid.name, den.schedule, steps,
-                                             final=cell.final, **cell.grid.params)
+            g = self._grids[key] = make_model_grid(den, cell.grid.name, steps,   # "auto" resolved
+                                                   final=cell.final, **cell.grid.params)
         return g
 
     def _timed(self, den):
@@ -436,6 +437,8 @@ class Runner:
             row["solver_params"] = solver.params()
             grid = self._grid(cell, den, cell.steps or 2)
             row["grid_params"] = grid.params
+            if grid.name != cell.grid.name:        # "auto": record the grid it resolved to
+                row.update(grid=grid.name, grid_requested=cell.grid.name)
             reason = solver.check(den, grid)
             if reason:
                 row.update(status="skipped", message=reason)

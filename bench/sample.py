@@ -2,24 +2,72 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from samplerbench.bench.runner import DTYPES, resolve_device
 from samplerbench.bench.store import atomic_open, check_out_file
 from samplerbench.models.errors import UserError
 from samplerbench.models.zoo import load_model
-from samplerbench.solvers import get_solver, initial_noise, make_grid, make_noise
+from samplerbench.solvers import get_solver, initial_noise, make_noise
+from samplerbench.solvers.grids import AUTO, check_grid_spec, load_grid_file, make_model_grid
 from samplerbench.solvers.noise import NOISE_MODES, sample_seeds
 
 
-def draw(model: str, solver: str, steps: int, grid: str = "karras", final: str = "zero",
-         n: int = 64, seed: int = 0, noise: str = "fresh", solver_opts: dict | None = None,
-         dtype: str = "float32", device: str = "cpu", grid_params: dict | None = None):
-    """Sample ``n`` points; returns (x_init, solution, grid)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+def load_x_init(path, n: int | None, data_shape: tuple) -> np.ndarray:
+    """The standard-normal draw z [n, *data_shape] of ``--x-init FILE.npy`` (float64); a file
+    that cannot be read as a plain array (pickles are refused), a wrong shape or non-finite
+    values raise ``UserError`` naming --x-init."""
+    field = "--x-init"
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+            raise UserError(field, str(path), hint="not a .npy file; save z with numpy.save")
+        z = np.load(p, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(field, str(path), hint="file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(field, str(path), hint=f"not a readable .npy array "
+                        f"({getattr(exc, 'strerror', None) or exc}); save z with numpy.save"
+                        ) from None
+    if not isinstance(z, np.ndarray):             # an .npz archive
+        z.close()
+        raise UserError(field, str(path), hint="an .npz archive; give one .npy array "
+                        "(numpy.save)")
+    want = ((n,) if n is not None else ("n",)) + tuple(data_shape)
+    if z.ndim != 1 + len(data_shape) or tuple(z.shape[1:]) != tuple(data_shape) or \
+            (n is not None and z.shape[0] != n) or z.shape[0] < 1:
+        raise UserError(field, str(path), hint=f"shape {list(z.shape)}; the model needs "
+                        f"[{', '.join(map(str, want))}] (a standard-normal draw per sample)")
+    if not np.issubdtype(z.dtype, np.floating) and not np.issubdtype(z.dtype, np.integer):
+        raise UserError(field, str(path), hint=f"dtype {z.dtype}; expected floating-point numbers")
+    z = z.astype(np.float64)
+    if not np.isfinite(z).all():
+        raise UserError(field, str(path), hint=f"{int((~np.isfinite(z)).sum())} non-finite "
+                        "values; z must be a finite standard-normal draw")
+    return z
+
+
+def draw(model: str, solver: str, steps: int, grid: str = AUTO, final: str = "zero",
+         n: int | None = 64, seed: int = 0, noise: str = "fresh",
+         solver_opts: dict | None = None, dtype: str = "float32", device: str = "cpu",
+         grid_params: dict | None = None, x_init: str | Path | None = None):
+    """Sample ``n`` points; returns (x_init, solution, grid).  ``grid``: a grid name, ``"auto"``
+    (the model's recommended grid, else karras) or ``@FILE.json``; ``grid_params`` override
+    the file's.  ``x_init``: a .npy file with the standard-normal draw z that replaces the
+    seeded one (x_init = sigma(t_start) z); ``n`` may then be None (z's length)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise UserError("n", n, hint="an integer >= 1")
+    if n is None and x_init is None:
+        n = 64
     if noise not in NOISE_MODES:
         raise UserError("noise", noise, NOISE_MODES)
     if dtype not in DTYPES:
@@ -27,22 +75,31 @@ def draw(model: str, solver: str, steps: int, grid: str = "karras", final: str =
     dev = resolve_device(device)
     den = load_model(model)
     s = get_solver(solver, **(solver_opts or {}))
-    g = make_grid(grid, den.schedule, steps, final=final, **(grid_params or {}))
+    params, source = dict(grid_params or {}), None
+    if grid.startswith("@"):
+        name, from_file = load_grid_file(grid, "--grid")
+        grid, params, source = name, {**from_file, **params}, f"--grid {grid}"
+    check_grid_spec(grid, params, den, final, source, steps=steps)
+    g = make_model_grid(den, grid, steps, final=final, **params)
     reason = s.check(den, g)
     if reason:
-        raise UserError(f"solver {solver!r} on model {model!r}", grid, hint=reason)
+        raise UserError(f"solver {solver!r} on model {model!r}", g.name, hint=reason)
+    z = None if x_init is None else load_x_init(x_init, n, den.data_shape)
+    n = n if z is None else z.shape[0]
     seeds = sample_seeds(seed, n)
-    x_init = (initial_noise(seeds, den.data_shape) * float(den.schedule.sigma(g.t_start))).to(
-        device=dev, dtype=DTYPES[dtype])
-    src = make_noise(noise, seeds, den.data_shape, g, dtype=x_init.dtype, device=dev) \
+    z = initial_noise(seeds, den.data_shape) if z is None else torch.from_numpy(z)
+    x0 = (z * float(den.schedule.sigma(g.t_start))).to(device=dev, dtype=DTYPES[dtype])
+    src = make_noise(noise, seeds, den.data_shape, g, dtype=x0.dtype, device=dev) \
         if s.stochastic else None
-    sol = s.solve(s.make_dynamics(den), x_init, g, src)
-    return x_init, sol, g
+    sol = s.solve(s.make_dynamics(den), x0, g, src)
+    return x0, sol, g
 
 
 def sample_to_npz(model, solver, steps, out, **kw) -> dict:
     """Draw samples and write them to ``out`` (.npz) atomically; ``out`` is checked before the
-    solve, so a bad path costs no compute."""
+    solve, so a bad path costs no compute.  Besides the samples, the npz records the grid used
+    (``grid``: its resolved name, ``grid_params`` as JSON, ``grid_requested``: what was asked,
+    e.g. "auto")."""
     path = Path(out)
     if path.suffix != ".npz":
         raise UserError("--out", str(out), hint="the output file must end in .npz")
@@ -52,5 +109,8 @@ def sample_to_npz(model, solver, steps, out, **kw) -> dict:
     with atomic_open(path, "wb") as f:
         np.savez(f, x_init=x_init.cpu().double().numpy(),
                  x=sol.x.detach().cpu().double().numpy(), t=g.t.numpy(), nfe=np.int64(sol.nfe),
-                 forward_passes=np.int64(sol.forward_passes), status=np.str_(sol.status))
-    return {"n": x_init.shape[0], "nfe": sol.nfe, "status": sol.status}
+                 forward_passes=np.int64(sol.forward_passes), status=np.str_(sol.status),
+                 grid=np.str_(g.name), grid_params=np.str_(json.dumps(g.params, default=str)),
+                 grid_requested=np.str_(kw.get("grid", AUTO)))
+    return {"n": x_init.shape[0], "nfe": sol.nfe, "status": sol.status, "grid": g.name,
+            "grid_params": g.params}

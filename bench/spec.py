@@ -4,7 +4,9 @@
 name = "quick"
 models  = ["gmm2d", "gmm64", "gmm:my_mixture.json"]
 solvers = ["euler", "heun", { name = "euler_ancestral", eta = 1.0 }]
-grids   = ["karras", { name = "uniform" }]
+grids   = ["karras", { name = "uniform" }, "@my_grid.json"]   # or "auto": the model's
+                                  # recommended grid (a diffusers flow model's shift; else karras);
+                                  # @FILE.json: {"name": ..., <params>}, relative to this file
 steps   = [4, 8, 16, 32]          # fixed-step solvers
 nfe     = [6, 8, 10]              # and/or equal budgets: per solver the largest step count whose
                                   # counted NFE is <= the budget (recorded: nfe_budget, steps, nfe)
@@ -183,11 +185,32 @@ def _named(key: str, entries: list) -> list[NamedParams]:
     return out
 
 
-def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
-    """Validate a spec dict (parsed TOML) completely; return a :class:`Spec`."""
+def grid_entries(grids: list[NamedParams], base=None, field: str = "grids"
+                 ) -> tuple[list[NamedParams], list[str | None]]:
+    """Grid entries with ``@FILE.json`` read (as a string or as a table's name; a table's other
+    keys override the file's parameters; relative paths from ``base``, the spec's folder) and
+    the source of each (the file, for error messages; None for a grid named inline)."""
+    from samplerbench.solvers.grids import load_grid_file
+
+    out, sources = [], []
+    for g in grids:
+        if g.name.startswith("@"):
+            name, params = load_grid_file(g.name, field, base=base)
+            out.append(NamedParams(name, {**params, **g.params}))
+            sources.append(f"{field} {g.name}")
+        else:
+            out.append(g)
+            sources.append(None)
+    return out, sources
+
+
+def parse_spec(raw: dict, default_name: str = "adhoc", base=None) -> Spec:
+    """Validate a spec dict (parsed TOML) completely; return a :class:`Spec`.  ``base``: the
+    folder relative ``@FILE.json`` grids are read from (the spec file's; default the current
+    one)."""
     from samplerbench.models.zoo import available_models, load_model
-    from samplerbench.solvers import NOISE_MODES, get_solver, make_grid
-    from samplerbench.solvers.grids import FINALS
+    from samplerbench.solvers import NOISE_MODES, get_solver
+    from samplerbench.solvers.grids import FINALS, check_grid_spec
 
     if not isinstance(raw, dict):
         raise UserError("spec", type(raw).__name__, hint="expected a TOML table")
@@ -212,7 +235,7 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
 
     solvers = _named("solvers", _list(raw, "solvers"))
     instances = [get_solver(s.name, **s.params) for s in solvers]
-    grids = _named("grids", _list(raw, "grids", ["karras"]))
+    grids, grid_sources = grid_entries(_named("grids", _list(raw, "grids", ["karras"])), base)
 
     fixed = [s for s in instances if not s.adaptive]
     adaptive = [s for s in instances if s.adaptive]
@@ -272,9 +295,9 @@ def parse_spec(raw: dict, default_name: str = "adhoc") -> Spec:
     if device not in DEVICES:
         raise UserError("device", device, DEVICES)
 
-    for g in grids:                                         # validate grid names and params
+    for g, source in zip(grids, grid_sources):              # validate grid names and params
         for d in denoisers.values():
-            make_grid(g.name, d.schedule, 2, final=final, **g.params)
+            check_grid_spec(g.name, g.params, d, final, source)
 
     ref = raw.get("reference", {})
     timing = raw.get("timing", {})
@@ -359,7 +382,7 @@ def load_spec(path: str | Path) -> Spec:
                         "as UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"spec {p.name}", "malformed TOML", hint=str(exc)) from None
-    return parse_spec(raw, default_name=p.stem)
+    return parse_spec(raw, default_name=p.stem, base=p.parent)
 
 
 def parse_csv_ints(field_name: str, text: str) -> list[int]:

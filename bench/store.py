@@ -14,13 +14,14 @@ from pathlib import Path
 from samplerbench.models.errors import UserError
 
 ROW_KEYS = (
-    "case_id", "model", "solver", "solver_params", "grid", "grid_params", "final", "steps", "nfe",
-    "forward_passes", "n_samples", "seed", "guidance", "noise", "device", "dtype", "state_dtype",
-    "status", "message", "reference", "err_rms", "err_max", "fid", "fid_features", "kid",
-    "kid_std", "kid_protocol", "swd", "nonconv", "wall_s", "model_s", "overhead_s",
-    "nfe_budget", "blocks", "fid_se", "fid_blocks", "fid_floor", "fid_floor_sd", "kid_se",
-    "kid_blocks", "kid_floor", "kid_floor_sd", "swd_se", "swd_blocks", "swd_floor",
-    "swd_floor_sd", "err_rms_se", "x_fingerprint", "x_rms", "x_rms_max", "train_reached", "train_distinct",
+    "case_id", "model", "solver", "solver_params", "grid", "grid_params", "grid_requested",
+    "final", "steps", "nfe", "forward_passes", "n_samples", "seed", "guidance", "noise", "device",
+    "dtype", "state_dtype", "status", "message", "reference", "err_rms", "err_max", "fid",
+    "fid_features", "kid", "kid_std", "kid_protocol", "swd", "nonconv", "wall_s", "model_s",
+    "overhead_s", "nfe_budget", "blocks", "fid_se", "fid_blocks", "fid_floor", "fid_floor_sd",
+    "kid_se", "kid_blocks", "kid_floor", "kid_floor_sd", "swd_se", "swd_blocks", "swd_floor",
+    "swd_floor_sd", "err_rms_se", "x_fingerprint", "x_rms", "x_rms_max", "train_reached",
+    "train_distinct",
     "time_per_sample_s", "peak_mem_bytes", "peak_mem_kind", "compile", "max_nfe", "git_sha",
     "torch_version",
 )
@@ -102,9 +103,9 @@ def over_budget(row: dict) -> bool:
 
 # the fields that make a cell (Cell.config); a row's case_id is a hash of them, but the hash's
 # inputs have grown over versions (state_dtype, compile), so readers compare the fields
-CELL_FIELDS = ("model", "solver", "solver_params", "grid", "grid_params", "final", "steps",
-               "n_samples", "seed", "noise", "guidance", "dtype", "state_dtype", "device",
-               "compile", "nfe_budget")
+CELL_FIELDS = ("model", "solver", "solver_params", "grid", "grid_params", "grid_requested",
+               "final", "steps", "n_samples", "seed", "noise", "guidance", "dtype",
+               "state_dtype", "device", "compile", "nfe_budget")
 
 
 def cell_key(row: dict) -> str:
@@ -126,6 +127,8 @@ def row_matches_cell(row: dict, config: dict) -> bool:
         mine, theirs = config[k], row[k]
         if k == "steps" and config.get("nfe_budget") is not None:
             continue                       # a budget cell's steps are resolved when it runs
+        if k == "grid":                    # a grid "auto" row records what it resolved to
+            theirs = row.get("grid_requested") or theirs
         if k == "device":
             if str(theirs).split(":")[0] != str(mine).split(":")[0]:
                 return False

@@ -36,6 +36,7 @@ from samplerbench.models.schedules import Schedule
 
 FINALS = ("zero", "t_min")
 MAX_STEPS = 1_000_000      # per solve: a grid of 1e9 points would exhaust memory before it ran
+LIST_RTOL = 1e-6          # a "list" grid may pass t_max (or sigma_max) by float32 rounding
 
 
 @dataclass(frozen=True)
@@ -192,10 +193,27 @@ def _list(schedule, n, t_min, values, space):
         raise UserError("steps for the 'list' grid", n, hint=f"the grid has {v.numel() if v.ndim == 1 else '?'} values; "
                         f"the grid needs as many points as values: steps = number of values "
                         f"(final='zero') or one less (final='t_min')")
-    t = schedule.t_from_ratio(v) if space == "ratio" else v
-    if not (t[1:] < t[:-1]).all() or (t <= 0).any() or t[0] > schedule.t_max * (1 + 1e-12):
+    t_max = float(schedule.t_max)
+    if space == "ratio":
+        # values copied from another library (diffusers' float32 sigmas) may exceed the
+        # schedule's sigma/alpha at t_max by float32 rounding: accept them, start at t_max
+        r_max = float(schedule.ratio(t_max))
+        if math.isfinite(r_max) and float(v[0]) > r_max * (1 + LIST_RTOL):
+            raise UserError("grid parameter 'values' of 'list'", values,
+                            hint=f"strictly decreasing, positive sigma/alpha, at most the "
+                                 f"schedule's {r_max:g} at t_max")
+        t = schedule.t_from_ratio(v.clamp(max=r_max)) if math.isfinite(r_max) else \
+            schedule.t_from_ratio(v)
+    else:
+        t = v
+    if not (t[1:] < t[:-1]).all() or (t <= 0).any() or not torch.isfinite(t).all() \
+            or t[0] > t_max * (1 + LIST_RTOL):
         raise UserError("grid parameter 'values' of 'list'", values,
-                        hint=f"strictly decreasing, positive, at most t_max = {schedule.t_max:g}")
+                        hint=f"strictly decreasing, positive, at most t_max = {t_max:g}")
+    t = t.clamp(max=t_max)
+    if not (t[1:] < t[:-1]).all():
+        raise UserError("grid parameter 'values' of 'list'", values,
+                        hint=f"two values fall on t_max = {t_max:g} within float32 rounding")
     return t
 
 
@@ -483,3 +501,97 @@ def _first_point(name: str, schedule: Schedule) -> float:
     if name in ("uniform", "quadratic", "shift"):
         return float(schedule.t_max)
     return float(schedule.t_from_ratio(_start_ratio(schedule)))
+
+
+# --------------------------------------------------------------------------------------------
+# grid specs from the command line, spec files and JSON files; "auto"
+# --------------------------------------------------------------------------------------------
+
+AUTO = "auto"
+AUTO_FALLBACK = "karras"
+
+
+def recommended_grid(denoiser) -> tuple[str, dict]:
+    """The grid a model's adapter recommends (``denoiser.recommended_grid = (name, params)``: a
+    diffusers flow-matching folder's ``shift``), else ``karras``."""
+    rec = getattr(denoiser, "recommended_grid", None)
+    if rec is None:
+        return AUTO_FALLBACK, {}
+    name, params = rec
+    return name, dict(params or {})
+
+
+def resolve_grid(name: str, params: dict, denoiser) -> tuple[str, dict]:
+    """(name, params) with ``"auto"`` replaced by the model's recommended grid
+    (:func:`recommended_grid`); any other grid is returned as it is."""
+    if name != AUTO:
+        return name, dict(params or {})
+    if params:
+        raise UserError("grid parameter of 'auto'", sorted(params)[0],
+                        hint="'auto' takes no parameters: name the grid to set them")
+    return recommended_grid(denoiser)
+
+
+def make_model_grid(denoiser, name: str, steps: int, final: str = "zero", **params) -> Grid:
+    """:func:`make_grid` on the model's schedule, ``"auto"`` resolved for this model; the grid
+    records the grid it resolved to (``grid.name``, ``grid.params``)."""
+    name, params = resolve_grid(name, params, denoiser)
+    return make_grid(name, denoiser.schedule, steps, final=final, **params)
+
+
+def load_grid_file(path, field: str = "--grid", base=None) -> tuple[str, dict]:
+    """A grid spec from a JSON file: ``{"name": "list", "values": [...], "space": "t"}`` or any
+    grid with its parameters (what ``tune-grid`` writes).  ``path`` may carry the ``@`` of the
+    command line; a relative path is taken from ``base`` (a spec file's folder) when given.  A
+    missing or unreadable file, bad JSON, an unknown grid name or a parameter the grid does not
+    take raise ``UserError`` naming the file; parameter values are checked when the grid is
+    built (:func:`check_grid_spec` names the file there too)."""
+    import json
+    from pathlib import Path
+
+    text = str(path)[1:] if str(path).startswith("@") else str(path)
+    p = Path(text).expanduser()
+    if base is not None and not p.is_absolute():
+        p = Path(base) / p
+    where = f"{field} @{text}"
+    if not text:
+        raise UserError(field, str(path), hint="give a JSON file after '@', e.g. @my_grid.json")
+    try:
+        raw = p.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(where, str(p), hint="file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(where, str(p), hint=f"cannot read it as UTF-8 text: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(where, "not JSON", hint=f"{exc}; expected "
+                        '{"name": "list", "values": [...], "space": "t"}') from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+        raise UserError(where, doc if not isinstance(doc, dict) else doc.get("name"),
+                        hint='expected a JSON object with a grid "name", e.g. {"name": "list", '
+                             '"values": [80, 10, 1, 0.1], "space": "ratio"}')
+    name = doc["name"]
+    if name not in _GRIDS:
+        raise UserError(f"{where}: grid", name, available_grids())
+    params = {k: v for k, v in doc.items() if k != "name"}
+    unknown = sorted(set(params) - set(_GRIDS[name][1]) - {"t_min"})
+    if unknown:
+        raise UserError(f"{where}: grid parameter of {name!r}", unknown[0],
+                        sorted(_GRIDS[name][1]) + ["t_min"])
+    return name, params
+
+
+def check_grid_spec(name: str, params: dict, denoiser, final: str, source: str | None = None,
+                    steps: int = 2) -> None:
+    """Build the grid once on ``denoiser``'s schedule to validate its parameters; errors of a
+    grid read from a file name the file (``source``)."""
+    if name == "list" and isinstance(params.get("values"), (list, tuple)):
+        steps = max(1, len(params["values"]) - (1 if final == "t_min" else 0))
+    try:
+        make_model_grid(denoiser, name, steps, final=final, **params)
+    except UserError as exc:
+        if source is None:
+            raise
+        raise UserError(f"{source}: {exc.field}", exc.value, exc.choices, exc.hint) from None

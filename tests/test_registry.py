@@ -183,13 +183,38 @@ def test_plugin_entry_point_registers(clean_registry, monkeypatch):
     (FakeEntryPoint("broken", "pkg.mod:Missing", exc=ImportError("no module pkg")), "no module"),
     (FakeEntryPoint("notasolver", "pkg.mod:thing", obj=dict), "Solver subclass"),
 ])
-def test_broken_plugin_named(clean_registry, monkeypatch, ep, expect):
+def test_broken_plugin_named_and_skipped(clean_registry, monkeypatch, capsys, ep, expect):
     monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: [ep])
     registry._PLUGINS_LOADED = False
-    with pytest.raises(UserError) as exc:
-        available_solvers()
-    msg = str(exc.value)
-    assert ep.name in msg and ep.value in msg and expect in msg
+    assert "euler" in available_solvers()                # the built-ins keep working
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and ep.name in err[0] and ep.value in err[0] and expect in err[0]
+    assert expect in registry.plugin_failure(ep.name)
+    with pytest.raises(UserError, match=expect):         # asked for by name: why it is missing
+        solver_class(ep.name)
+
+
+def test_plugin_with_bad_capabilities_or_taken_name_skipped(clean_registry, monkeypatch, capsys):
+    def plugin(name, **caps):
+        return dataclass(frozen=True)(type("P", (Solver,), {"name": name, **caps}))
+
+    eps = [FakeEntryPoint("pde", "m:A", plugin("pde", kind="pde")),
+           FakeEntryPoint("neg", "m:B", plugin("neg", stages=-1)),
+           FakeEntryPoint("ord", "m:C", plugin("ord", order="two")),
+           FakeEntryPoint("euler", "m:D", plugin("euler")),
+           FakeEntryPoint("first", "m:E", plugin("twin")),
+           FakeEntryPoint("second", "m:F", plugin("twin"))]
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: eps)
+    registry._PLUGINS_LOADED = False
+    names = available_solvers()
+    assert "twin" in names and solver_class("twin") is eps[4].load()
+    assert solver_class("euler") is Euler
+    assert not {"pde", "neg", "ord"} & set(names)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 5
+    for line, why in zip(err, ["'pde'", "stages", "order", "duplicate solver name 'euler'",
+                               "plugin entry point 'first'"]):
+        assert why in line, line
 
 
 # ---------------------------------------------------------------------------------------------
