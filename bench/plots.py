@@ -148,7 +148,7 @@ def plot_metric(df: pd.DataFrame, metric: str, path: Path, title: str, ylabel: s
             g = ok[ok["label"] == label].sort_values(x)
             st = _style(i)
             tag = label
-            if fit:
+            if fit and g["steps"].notna().all():         # no step-count order for adaptive
                 p = fit_order(g["nfe"], g[metric])
                 tag = f"{label} (p≈{p:.2f})" if p is not None else label
             err = g[se] if se in g and g[se].notna().any() else None
