@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from samplerbench.bench.metrics import frechet_moments as frechet_distance  # noqa: F401  (re-exported)
+from samplerbench.bench.store import load_tensors, save_tensors
 from samplerbench.models.errors import UserError
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
@@ -242,22 +243,16 @@ class DigitsFID:
         real, _ = _digits01()
         self.ref_hash = hashlib.sha256(real.numpy().tobytes() + self.weights_hash.encode()
                                        ).hexdigest()[:12]
+        keys = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
         cache = Path(cache_dir) / f"fidref-{self.ref_hash}.safetensors" if cache_dir else None
-        if cache is not None and cache.exists():
-            from safetensors.torch import load_file
-
-            st = load_file(str(cache))
-            for k in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
+        st = load_tensors(cache, keys) if cache is not None else None
+        if st is not None:
+            for k in keys:
                 setattr(self.metric, k, st[k])
-        else:
+        else:                                    # computed, and cached atomically
             self.metric.update(real, real=True)
             if cache is not None:
-                from safetensors.torch import save_file
-
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                save_file({k: getattr(self.metric, k).contiguous() for k in (
-                    "real_features_sum", "real_features_cov_sum", "real_features_num_samples")},
-                    str(cache))
+                save_tensors(cache, {k: getattr(self.metric, k) for k in keys})
         m = self.metric
         n_ref = m.real_features_num_samples.double()
         self.ref_mean = (m.real_features_sum.double() / n_ref)
@@ -293,18 +288,14 @@ class DigitsFID:
         if self._real_features is None:
             cache = (self.cache_dir / f"kidref-{self.ref_hash}.safetensors"
                      if self.cache_dir else None)
-            if cache is not None and cache.exists():
-                from safetensors.torch import load_file
-
-                self._real_features = load_file(str(cache))["features"]
+            st = load_tensors(cache, ("features",)) if cache is not None else None
+            if st is not None:
+                self._real_features = st["features"]
             else:
                 with torch.no_grad():
                     self._real_features = self.net(_digits01()[0]).float()
                 if cache is not None:
-                    from safetensors.torch import save_file
-
-                    cache.parent.mkdir(parents=True, exist_ok=True)
-                    save_file({"features": self._real_features.contiguous()}, str(cache))
+                    save_tensors(cache, {"features": self._real_features})
         return self._real_features
 
     def features(self, samples: torch.Tensor) -> torch.Tensor:

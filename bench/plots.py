@@ -79,10 +79,17 @@ def _save(fig, path: Path) -> None:
     import matplotlib
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
+    import io
+
+    from samplerbench.bench.store import atomic_write_bytes
+
+    png, svg = io.BytesIO(), io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     with matplotlib.rc_context({"svg.hashsalt": "samplerbench"}):
-        fig.savefig(path.with_suffix(".svg"), metadata={"Date": None})
+        fig.savefig(svg, format="svg", metadata={"Date": None})
     plt.close(fig)
+    atomic_write_bytes(path, png.getvalue())              # a kill never leaves half a figure
+    atomic_write_bytes(path.with_suffix(".svg"), svg.getvalue())
 
 
 def _integer_ticks(ax, values) -> None:

@@ -20,7 +20,8 @@ from samplerbench.bench.metrics import fit_order_ci
 from samplerbench.bench.quality import REACHED_RMS
 from samplerbench.bench.plots import (plot_err_vs_nfe, plot_headline, plot_metric, plot_nonconv,
                                       plot_pareto)
-from samplerbench.bench.store import latest_rows, read_rows
+from samplerbench.bench.store import (atomic_write_bytes, atomic_write_text, latest_rows,
+                                      read_rows)
 from samplerbench.models.errors import UserError
 
 FORMATS = ("md", "csv", "html", "latex", "parquet")
@@ -541,11 +542,11 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
         floors_txt = "; ".join(
             f"{m}: {float(headline_cells(df)[headline_cells(df)['model'] == m]['fid_floor'].iloc[0]):.3g}"
             for m in head_models if "fid_floor" in df)
-        (out / "summary.md").write_text(
+        atomic_write_text(out / "summary.md", 
             "Rank group 1 at each NFE budget: the solvers that no paired test on the shared seeds "
             "separates from the best cell (FID ± se, best first; `a = b`: identical samples). "
             f"Floor (real digits, same sample count): {floors_txt}.\n\n" + _md(top))
-        (out / "headline.md").write_text(
+        atomic_write_text(out / "headline.md", 
             "Rank group 1 at each NFE budget: the solvers that no paired test on the shared seeds "
             "separates from the best cell (FID ± se, best first; `a = b`: identical samples). "
             f"Floor (real digits, same sample count): {floors_txt}.\n\n" + _md(top) + "\n"
@@ -647,15 +648,16 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
         for png in grids_png:
             doc.img(png.name, png.stem)
     if "md" in formats:
-        (out / "README.md").write_text(f"# samplerbench report: {name}\n\n" + doc.markdown())
+        atomic_write_text(out / "README.md", f"# samplerbench report: {name}\n\n" + doc.markdown())
     if "csv" in formats:
-        flat_rows(df).to_csv(out / "rows.csv", index=False)
+        atomic_write_text(out / "rows.csv", flat_rows(df).to_csv(index=False))
     if "parquet" in formats:
-        flat_rows(df).to_parquet(out / "rows.parquet", index=False, engine="pyarrow")
+        atomic_write_bytes(out / "rows.parquet",
+                           flat_rows(df).to_parquet(index=False, engine="pyarrow"))
     if "html" in formats:
-        (out / "report.html").write_text(doc.html(name))
+        atomic_write_text(out / "report.html", doc.html(name))
     if "latex" in formats:
-        (out / "tables.tex").write_text("% requires \\usepackage{booktabs}\n" + doc.latex())
+        atomic_write_text(out / "tables.tex", "% requires \\usepackage{booktabs}\n" + doc.latex())
     return out
 
 

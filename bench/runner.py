@@ -26,7 +26,8 @@ from samplerbench.bench.metrics import (PeakMemory, error_metrics, nonconv, stro
 from samplerbench.bench.quality import QualityMetrics
 from samplerbench.bench.progress import Progress
 from samplerbench.bench.spec import NamedParams, Spec
-from samplerbench.bench.store import BUDGET_MESSAGE, RowStore, latest_rows, read_rows
+from samplerbench.bench.store import (BUDGET_MESSAGE, RowStore, latest_rows, load_tensors,
+                                      read_rows, save_tensors)
 from samplerbench.models.denoiser import (CastDenoiser, CompiledDenoiser, NFEBudgetExceeded,
                              TimedDenoiser)
 from samplerbench.models.errors import UserError
@@ -247,28 +248,19 @@ class Runner:
             return self._refs[h]
         path = self.out / "cache" / f"ref-{h}.safetensors"
         x_ref = None
-        if path.exists():
-            from safetensors.torch import load_file
-
-            try:
-                data = load_file(str(path))
-                if data["x_init"].shape == x_init.shape and torch.equal(
-                        data["x_init"], x_init.double().cpu()):
-                    x_ref = data["x_ref"]
-            except Exception:  # a corrupt cache entry is recomputed
-                x_ref = None
+        data = load_tensors(path, ("x_init", "x_ref"))     # None: absent or unreadable
+        if data is not None and data["x_init"].shape == x_init.shape and torch.equal(
+                data["x_init"], x_init.double().cpu()):
+            x_ref = data["x_ref"]
         if x_ref is None:
-            from safetensors.torch import save_file
-
             sol = reference_solve(get_solver("dopri8").make_dynamics(den, cond),
                                   x_init.double().cpu(),
                                   grid, rtol=self.spec.ref_rtol, atol=self.spec.ref_atol)
             if sol.status != "ok":
                 raise RuntimeError(f"reference solution failed: {sol.message}")
             x_ref = sol.x
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"x_init": x_init.double().cpu().contiguous(), "x_ref": x_ref.contiguous()},
-                      str(path), metadata={k: str(v) for k, v in key.items()})
+            save_tensors(path, {"x_init": x_init.double().cpu(), "x_ref": x_ref},
+                         metadata={k: str(v) for k, v in key.items()})
         self._refs[h] = x_ref
         return x_ref
 

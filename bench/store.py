@@ -236,6 +236,39 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> N
         f.write(text)
 
 
+def save_tensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> None:
+    """A safetensors cache file, written atomically (a kill or a full disk mid-write leaves the
+    old file or none, never a truncated one)."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()},
+                                  metadata=metadata))
+
+
+def load_tensors(path: str | Path, keys=()) -> dict | None:
+    """A safetensors cache file, or None -- with one warning -- when it is missing a key or
+    cannot be read (truncated, corrupt, not safetensors): the caller recomputes and rewrites."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        from safetensors.torch import load_file
+
+        data = load_file(str(path))
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise KeyError(f"missing {', '.join(missing)}")
+        return data
+    except Exception as exc:
+        import warnings
+
+        warnings.warn(f"cache {path} unreadable ({type(exc).__name__}: {exc}); recomputing it",
+                      RuntimeWarning, stacklevel=2)
+        return None
+
+
 def check_writable(folder: Path, field: str, shown: str) -> None:
     """Create and remove a file in ``folder``: the one test of writability that also holds for
     root and read-only mounts."""

@@ -287,3 +287,17 @@ def test_inception_fid_positive_path(tmp_path):
     clean = f(x)
     noisy = f(x + 1.0 * torch.randn(x.shape, generator=g, dtype=x.dtype))
     assert 0 <= clean < noisy
+
+
+def test_a_truncated_reference_cache_is_recomputed_with_a_warning(tmp_path):
+    a = DigitsFID(cache_dir=tmp_path, kid=True)
+    fidref = tmp_path / f"fidref-{a.ref_hash}.safetensors"
+    kidref = tmp_path / f"kidref-{a.ref_hash}.safetensors"
+    good = fidref.read_bytes()
+    fidref.write_bytes(good[: len(good) // 2])                 # a kill mid-write, before atomics
+    kidref.write_bytes(b"not a safetensors file")
+    with pytest.warns(RuntimeWarning, match="unreadable.*recomputing"):
+        b = DigitsFID(cache_dir=tmp_path, kid=True)
+    assert torch.equal(b.ref_cov, a.ref_cov) and torch.equal(b.real_features(), a.real_features())
+    assert fidref.read_bytes() == good                          # rewritten whole
+    assert not list(tmp_path.glob(".*.tmp"))                    # no temporary left behind
