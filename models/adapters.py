@@ -5,8 +5,8 @@ Each turns a foreign network into a :class:`models.denoiser.Denoiser` (``D(x, t,
 under one of our continuous schedules; the solvers never see which kind it was.  Model specs:
 
 ``diffusers:PATH``
-    A diffusers pipeline or model folder with its scheduler config.  See
-    :mod:`samplerbench.models.adapters_diffusers`.
+    A diffusers pipeline or model folder with its scheduler config; a folder with a ``vae/``
+    subfolder is a latent model with a decoder.  See :mod:`samplerbench.models.adapters_diffusers`.
 
 ``edm:TARGET``
     An EDM / k-diffusion denoiser D(x, sigma, **cond) -> x0 (alpha = 1, sigma = t: our ``edm``
@@ -45,7 +45,8 @@ from torch import nn
 # the diffusers family and the safe-weights helpers have their own modules; the names stay
 # importable from here
 from samplerbench.models.adapters_diffusers import (  # noqa: F401
-    WEIGHTS_NAME, DiffusersNet, DiscreteVPSchedule, _check_folder_weights, load_diffusers)
+    WEIGHTS_NAME, DiffusersNet, DiscreteVPSchedule, _check_folder_weights, load_diffusers,
+    load_vae)
 from samplerbench.models.denoiser import Denoiser, PredictionDenoiser
 from samplerbench.models.errors import UserError
 from samplerbench.models.nets import DtypeCopies, broadcast_cond

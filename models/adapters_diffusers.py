@@ -26,6 +26,18 @@
     ``pooled_projections``) are passed in the cond dict, or stored once in ``PATH/cond.safetensors``
     (batch dimension 1 is broadcast).  A class label ``y`` goes to ``class_labels``.
 
+    **Latent models.**  A folder with a ``vae/`` subfolder (a diffusers ``AutoencoderKL``, as in
+    Stable Diffusion, SDXL, SD3 pipelines) is a latent model: the ODE state is the *scaled*
+    latent the denoiser works on, and ``denoiser.decoder`` (a :class:`VAEDecoder`) maps it to
+    images with ``vae.decode(z / scaling_factor + shift_factor).sample``, both factors from the
+    VAE config (``shift_factor`` 0 when absent, as SD / SDXL; SD3 / Flux VAEs set it), in the dtype
+    the VAE is loaded in (float32), whatever the solver state's dtype.  The VAE must fit the
+    denoiser: ``latent_channels`` equal to the state's channels and, where the VAE config has a
+    ``sample_size``, ``sample_size / 2^(len(block_out_channels) - 1)`` equal to the state's spatial
+    size; a missing or broken ``vae/`` (no config, no weights, a code-carrying pickle) or a
+    mismatch is refused at load with ``UserError``.  Solvers and the error / order / non-convergence
+    metrics never see the decoder; quality metrics and previews use the decoded images.
+
 Safety: weights are read with safetensors or ``torch.load(weights_only=True)``
 (:func:`samplerbench.models.weights.load_weights`); the file diffusers will load is checked
 before ``from_pretrained`` sees it (:func:`_check_folder_weights`).
@@ -41,6 +53,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from samplerbench.models.decoders import VAEDecoder
 from samplerbench.models.denoiser import Denoiser, PredictionDenoiser
 from samplerbench.models.errors import UserError
 from samplerbench.models.nets import DtypeCopies, broadcast_cond, quiet_diffusers
@@ -251,6 +264,89 @@ def _diffusers_class(name: str, base_name: str):
     return cls
 
 
+# ----------------------------------------------------------------------------------------------
+# the VAE of a latent model
+# ----------------------------------------------------------------------------------------------
+
+def _vae_folder(root: Path) -> Path | None:
+    """``root/vae`` of a latent model, or None.  A pipeline whose model_index.json names a vae
+    component must have the folder."""
+    vae = root / "vae"
+    listed = False
+    if (root / "model_index.json").is_file():
+        entry = read_json(root / "model_index.json", "model_index.json").get("vae")
+        listed = isinstance(entry, (list, tuple)) and any(e is not None for e in entry)
+    if vae.is_dir():
+        return vae
+    if vae.exists() or listed:
+        raise UserError("diffusers vae", str(vae), hint="model_index.json names a vae component "
+                        "but there is no vae/ folder" if listed else "not a directory")
+    return None
+
+
+def _vae_plan(vae_dir: Path, data_shape: tuple[int, ...]) -> tuple[dict, bool, int]:
+    """(config, weights are safetensors, downsampling factor) of ``vae_dir``, checked against the
+    denoiser's state shape before anything is loaded."""
+    cfg_path = vae_dir / "config.json"
+    if not cfg_path.is_file():
+        raise UserError("diffusers vae", str(vae_dir), hint="no config.json in vae/ (a "
+                        "diffusers AutoencoderKL folder: config.json and "
+                        "diffusion_pytorch_model.safetensors)")
+    cfg = read_json(cfg_path, "vae config.json")
+    chans, blocks = cfg.get("latent_channels"), cfg.get("block_out_channels")
+    if isinstance(chans, bool) or not isinstance(chans, int) or not isinstance(blocks, list) \
+            or not blocks:
+        raise UserError("diffusers vae config", str(cfg_path), hint="need latent_channels and "
+                        "block_out_channels (an AutoencoderKL config)")
+    if chans != data_shape[0]:
+        raise UserError("diffusers vae latent_channels", chans, hint=(
+            f"the denoiser's state has {data_shape[0]} channels (data_shape "
+            f"{list(data_shape)}): the VAE in {vae_dir} does not fit its denoiser"))
+    factor = 2 ** (len(blocks) - 1)
+    size = cfg.get("sample_size")
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        latent = tuple(int(v) // factor for v in size)
+        if latent != tuple(data_shape[1:]):
+            raise UserError("diffusers vae sample_size", cfg.get("sample_size"), hint=(
+                f"downsampled {factor}x it is a {'x'.join(map(str, latent))} latent, but the "
+                f"denoiser's state is {'x'.join(map(str, data_shape[1:]))} (data_shape "
+                f"{list(data_shape)}): the VAE in {vae_dir} does not fit its denoiser"))
+    for key in ("scaling_factor", "shift_factor"):
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or v != v or abs(v) == float("inf")
+                              or (key == "scaling_factor" and v == 0)):
+            raise UserError(f"diffusers vae {key}", v, hint="a finite number"
+                            + (", not 0" if key == "scaling_factor" else ""))
+    return cfg, _check_folder_weights(vae_dir), factor
+
+
+def load_vae(vae_dir: Path, data_shape: tuple[int, ...]) -> VAEDecoder:
+    """The decoder of a latent model from its ``vae/`` folder (see the module docstring)."""
+    cfg, safetensors, factor = _vae_plan(vae_dir, data_shape)
+    vae_cls = _diffusers_class(cfg.get("_class_name"), "ModelMixin")
+    if not callable(getattr(vae_cls, "decode", None)):
+        raise UserError("diffusers vae class", vae_cls.__name__, hint="it has no decode method "
+                        "(expected an autoencoder such as AutoencoderKL)")
+    try:
+        with quiet_diffusers():
+            vae = vae_cls.from_pretrained(str(vae_dir), local_files_only=True,
+                                          low_cpu_mem_usage=False, use_safetensors=safetensors)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise UserError("diffusers vae", str(vae_dir), hint=f"cannot load it "
+                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
+    vae.eval().requires_grad_(False)
+    vcfg = vae.config
+    scaling = vcfg.get("scaling_factor")
+    shift = vcfg.get("shift_factor")
+    out_ch = int(vcfg.get("out_channels", 3))
+    image = tuple(int(s) * factor for s in data_shape[1:])
+    return VAEDecoder(vae, 1.0 if scaling is None else float(scaling),
+                      0.0 if shift is None else float(shift),
+                      latent_shape=data_shape, data_shape=(out_ch,) + image)
+
+
 def load_diffusers(path: str | Path, prediction_type: str | None = None,
                    cond: dict | None = None) -> Denoiser:
     """A diffusers pipeline or model folder as a Denoiser (see the module docstring).
@@ -271,6 +367,8 @@ def load_diffusers(path: str | Path, prediction_type: str | None = None,
         raise UserError("diffusers model config", str(model_dir / "config.json"),
                         hint="need in_channels and sample_size to know the data shape")
     data_shape = (int(chans),) + tuple(int(s) for s in size)
+    vae_dir = _vae_folder(root)
+    decoder = load_vae(vae_dir, data_shape) if vae_dir is not None else None   # before the weights
     with quiet_diffusers():
         model = model_cls.from_pretrained(str(model_dir), local_files_only=True,
                                           low_cpu_mem_usage=False, use_safetensors=safetensors)
@@ -305,5 +403,10 @@ def load_diffusers(path: str | Path, prediction_type: str | None = None,
         den = PredictionDenoiser(net, sched, _PREDICTION[ptype], data_shape)
     den.source = {"adapter": "diffusers", "path": str(root), "model": model_cls.__name__,
                   "scheduler": sched_cls.__name__}
+    if decoder is not None:
+        den.decoder = decoder
+        den.source["vae"] = {"class": type(decoder.conv.net).__name__,
+                             "scaling_factor": decoder.scaling_factor,
+                             "shift_factor": decoder.shift_factor}
     return den
 
