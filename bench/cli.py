@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ast
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -211,7 +212,8 @@ def cmd_sample(args) -> int:
                          dtype=args.dtype, device=args.device, x_init=args.x_init)
     grid = info["grid"] + "".join(f" {k}={v}" for k, v in info["grid_params"].items()
                                   if k != "values")
-    print(f"wrote {args.out}: {info['n']} samples, {info['nfe']} NFE, grid {grid}, "
+    images = " (latents x, decoded images)" if info.get("decoded") else ""
+    print(f"wrote {args.out}: {info['n']} samples{images}, {info['nfe']} NFE, grid {grid}, "
           f"status {info['status']}")
     return 0 if info["status"] == "ok" else 1
 
@@ -293,7 +295,8 @@ def cmd_preview(args) -> int:
     out = Path(args.out)
     for model in [m for m in args.models.split(",") if m]:
         tag = "" if args.guidance is None else f"_w{args.guidance:g}"
-        path = preview(model, out / f"samples_{model}{tag}.png", steps=args.steps,
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")    # diffusers:PATH -> a name
+        path = preview(model, out / f"samples_{stem}{tag}.png", steps=args.steps,
                        solver=args.solver, grid=args.grid, n=args.n, seed=args.seed,
                        guidance=args.guidance)
         print(f"wrote {path}")

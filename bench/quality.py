@@ -134,13 +134,18 @@ class QualityMetrics:
                 f"largest {float(rms.max()):.3g}")
 
     # ------------------------------------------------------------------------------------------
-    def __call__(self, den, x: torch.Tensor, blocks: int | None) -> dict:
+    def __call__(self, den, x: torch.Tensor, blocks: int | None,
+                 images: torch.Tensor | None = None) -> dict:
         """Row fields for the samples ``x`` of model ``den`` (the model itself, not a wrapper:
-        its ``mixture`` / ``dataset`` say what to measure)."""
+        its ``mixture`` / ``dataset`` say what to measure).  For a latent model ``images`` are
+        the decoded samples (:mod:`samplerbench.bench.decode`): the distributional metrics use
+        them, ``x_fingerprint`` / ``x_rms`` stay on the state ``x``."""
         per_sample = x.detach().double().reshape(x.shape[0], -1).pow(2).mean(1).sqrt()
         out: dict = {"x_fingerprint": stats.fingerprint(x),
                      "x_rms": float(per_sample.pow(2).mean().sqrt()),
                      "x_rms_max": float(per_sample.max())}
+        if images is not None:
+            x = images
         mixture = getattr(den, "mixture", None)
         dataset = getattr(den, "dataset", None)
         flat = x.reshape(x.shape[0], -1).double()

@@ -21,6 +21,7 @@ import torch
 from samplerbench.bench.distributed import Dist
 from samplerbench.bench.env import environment, git_sha
 from samplerbench.bench.budgets import steps_for_budget
+from samplerbench.bench.decode import decode_samples
 from samplerbench.bench.metrics import (PeakMemory, error_metrics, nonconv, strong_reference,
                                         timed)
 from samplerbench.bench.quality import QualityMetrics
@@ -480,7 +481,9 @@ class Runner:
                 else:
                     row.update(error_metrics(x, x_ref))
             if self.spec.weak:
-                quality = self.quality(base, x, self.spec.blocks)
+                images, row["decode_s"] = decode_samples(base, x, self.device)  # latent models
+                row["metric_space"] = "state" if images is None else "decoded"
+                quality = self.quality(base, x, self.spec.blocks, images=images)
                 note = quality.pop("note", None)
                 row.update(quality)
                 if note:                     # e.g. too few samples for the FID protocol

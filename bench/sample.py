@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from samplerbench.bench.decode import decode_samples
 from samplerbench.bench.runner import DTYPES, resolve_device
 from samplerbench.bench.store import atomic_open, check_out_file
 from samplerbench.models.errors import UserError
@@ -60,10 +61,18 @@ def draw(model: str, solver: str, steps: int, grid: str = AUTO, final: str = "ze
          n: int | None = 64, seed: int = 0, noise: str = "fresh",
          solver_opts: dict | None = None, dtype: str = "float32", device: str = "cpu",
          grid_params: dict | None = None, x_init: str | Path | None = None):
-    """Sample ``n`` points; returns (x_init, solution, grid).  ``grid``: a grid name, ``"auto"``
-    (the model's recommended grid, else karras) or ``@FILE.json``; ``grid_params`` override
-    the file's.  ``x_init``: a .npy file with the standard-normal draw z that replaces the
-    seeded one (x_init = sigma(t_start) z); ``n`` may then be None (z's length)."""
+    """Sample ``n`` points; returns (x_init, solution, grid), in the ODE state's space (a latent
+    model's latents; :func:`sample_to_npz` also writes their images).  ``grid``: a grid name,
+    ``"auto"`` (the model's recommended grid, else karras) or ``@FILE.json``; ``grid_params``
+    override the file's.  ``x_init``: a .npy file with the standard-normal draw z that replaces
+    the seeded one (x_init = sigma(t_start) z); ``n`` may then be None (z's length)."""
+    return _draw(model, solver, steps, grid, final, n, seed, noise, solver_opts, dtype, device,
+                 grid_params, x_init)[1:]
+
+
+def _draw(model, solver, steps, grid=AUTO, final="zero", n=64, seed=0, noise="fresh",
+          solver_opts=None, dtype="float32", device="cpu", grid_params=None, x_init=None):
+    """:func:`draw`, and the loaded model first: (denoiser, x_init, solution, grid)."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise UserError("n", n, hint="an integer >= 1")
     if n is None and x_init is None:
@@ -92,25 +101,31 @@ def draw(model: str, solver: str, steps: int, grid: str = AUTO, final: str = "ze
     src = make_noise(noise, seeds, den.data_shape, g, dtype=x0.dtype, device=dev) \
         if s.stochastic else None
     sol = s.solve(s.make_dynamics(den), x0, g, src)
-    return x0, sol, g
+    return den, x0, sol, g
 
 
 def sample_to_npz(model, solver, steps, out, **kw) -> dict:
     """Draw samples and write them to ``out`` (.npz) atomically; ``out`` is checked before the
     solve, so a bad path costs no compute.  Besides the samples, the npz records the grid used
     (``grid``: its resolved name, ``grid_params`` as JSON, ``grid_requested``: what was asked,
-    e.g. "auto")."""
+    e.g. "auto").  For a latent model (one with a decoder) ``x`` is the latent and ``images``
+    the decoded samples (decoded once after the solve; ``decode_s`` their decoding time)."""
     path = Path(out)
     if path.suffix != ".npz":
         raise UserError("--out", str(out), hint="the output file must end in .npz")
     check_out_file(path, "--out")
-    x_init, sol, g = draw(model, solver, steps, **kw)
+    den, x_init, sol, g = _draw(model, solver, steps, **kw)
+    extra = {}
+    if sol.status == "ok":
+        images, seconds = decode_samples(den, sol.x.detach(), sol.x.device)
+        if images is not None:
+            extra = {"images": images.double().numpy(), "decode_s": np.float64(seconds)}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:
-        np.savez(f, x_init=x_init.cpu().double().numpy(),
+        np.savez(f, **extra, x_init=x_init.cpu().double().numpy(),
                  x=sol.x.detach().cpu().double().numpy(), t=g.t.numpy(), nfe=np.int64(sol.nfe),
                  forward_passes=np.int64(sol.forward_passes), status=np.str_(sol.status),
                  grid=np.str_(g.name), grid_params=np.str_(json.dumps(g.params, default=str)),
                  grid_requested=np.str_(kw.get("grid", AUTO)))
     return {"n": x_init.shape[0], "nfe": sol.nfe, "status": sol.status, "grid": g.name,
-            "grid_params": g.params}
+            "grid_params": g.params, "decoded": "images" in extra}

@@ -18,7 +18,13 @@ class Denoiser(torch.nn.Module):
     """Base class: maps noisy x [B, *data_shape] at per-sample times t [B] to the x0 estimate.
 
     Attributes: ``schedule``, ``data_shape``, ``t_min``/``t_max`` (the sampling interval; default
-    the schedule's).  ``forward_passes_per_call`` is 2 for classifier-free guidance."""
+    the schedule's).  ``forward_passes_per_call`` is 2 for classifier-free guidance.
+
+    Latent models: ``decoder`` (None by default) maps the state -- the latent the ODE is solved
+    in, of shape ``data_shape`` -- to data, ``decoder(z[B, *data_shape]) -> images[B,
+    *decoder.data_shape]`` (e.g. :class:`samplerbench.models.decoders.VAEDecoder`).  Solvers and
+    the error, order and non-convergence metrics never call it; quality metrics, ``sample``'s
+    ``images`` and previews use :meth:`decode` once per sample after the solve."""
 
     forward_passes_per_call: int = 1
 
@@ -26,6 +32,15 @@ class Denoiser(torch.nn.Module):
         super().__init__()
         self.schedule = schedule
         self.data_shape = tuple(int(s) for s in data_shape)
+        # no class attribute: an nn.Module decoder assigned later lives in _modules, where a
+        # class-level default would shadow it
+        self.decoder = None
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The data of the states ``z`` [B, *data_shape]: ``decoder(z)``, or ``z`` itself for a
+        model without a decoder."""
+        dec = getattr(self, "decoder", None)
+        return z if dec is None else dec(z)
 
     @property
     def t_min(self) -> float:
@@ -69,6 +84,7 @@ class DenoiserWrapper(Denoiser):
     def __init__(self, inner: Denoiser):
         super().__init__(inner.schedule, inner.data_shape)
         self.inner = inner
+        self.decoder = getattr(inner, "decoder", None)
         self.forward_passes_per_call = getattr(inner, "forward_passes_per_call", 1)
         # a plain attribute (not a registered submodule: ``inner`` already is one)
         object.__setattr__(self, "_call_inner",

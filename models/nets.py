@@ -236,3 +236,19 @@ def load_checkpoint(name: str, directory: str | Path | None = None):
     den.num_classes = card["net"].get("num_classes")
     den.card = card
     return den
+
+
+def broadcast_cond(cond: dict, B: int, device, dtype) -> dict:
+    """Extra network inputs in the input's device (floating ones in its dtype); a batch
+    dimension of 1 is broadcast to ``B``."""
+    out = {}
+    for k, v in cond.items():
+        if isinstance(v, Tensor):
+            if v.is_floating_point():
+                v = v.to(device=device, dtype=dtype)
+            else:
+                v = v.to(device=device)
+            if v.ndim > 0 and v.shape[0] == 1 and B != 1:
+                v = v.expand((B,) + tuple(v.shape[1:]))
+        out[k] = v
+    return out

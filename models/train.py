@@ -248,7 +248,8 @@ def preview(name: str, out_png: str | Path, steps: int = 64, solver: str = "heun
             guidance: float | None = None) -> Path:
     """The visual check of a model: ``n`` samples (``solver``, ``steps``, float32) drawn to a PNG:
     a scatter over the training data for 2-D models, an image grid for 8x8 digits (one column per
-    class, labels ``seed + i mod 10``, for a class-conditional model with ``guidance`` = w)."""
+    class, labels ``seed + i mod 10``, for a class-conditional model with ``guidance`` = w).  A
+    latent model's samples are decoded first (gray or RGB images in [-1, 1])."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,7 +269,12 @@ def preview(name: str, out_png: str | Path, steps: int = 64, solver: str = "heun
     s = get_solver(solver)
     g = make_grid(grid, den.schedule, steps)
     x = initial_noise(seeds, den.data_shape) * float(den.schedule.sigma(g.t[0]))
-    x = s.solve(s.make_dynamics(den), x.float(), g).x.double().numpy()
+    x = s.solve(s.make_dynamics(den), x.float(), g).x
+    if getattr(den, "decoder", None) is not None:        # a latent model: show its images
+        from samplerbench.bench.decode import decode_samples
+
+        x = decode_samples(den, x)[0]
+    x = x.double().numpy()
     title = f"{name}: {solver}, {steps} steps, {grid} grid" + (
         f", w = {guidance:g}" if labels is not None else "")
     if den.data_shape == (2,):
@@ -291,7 +297,9 @@ def preview(name: str, out_png: str | Path, steps: int = 64, solver: str = "heun
         rows = math.ceil(n / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.4))
         for i, a in enumerate(axes.flat):
-            if i < n:
+            if i < n and x.ndim == 4 and x.shape[1] == 3:         # RGB in [-1, 1]
+                a.imshow(((x[i].transpose(1, 2, 0) + 1) / 2).clip(0, 1))
+            elif i < n:
                 a.imshow(x[i].reshape(x.shape[-2], x.shape[-1]), cmap="gray", vmin=-1, vmax=1)
             a.axis("off")
     fig.suptitle(title, fontsize=9)
