@@ -109,3 +109,77 @@ def test_lambda_uniform_solvers_decline_alpha_zero(name):
         solver.solve(ProbabilityFlowODE(den), initial_noise([0], den.data_shape), grid)
     # from a finite sigma_max the same model is fine
     assert solver.check(den, make_grid("karras", den.schedule, 10)) is None
+
+
+# --- pndm against diffusers' PNDMScheduler --------------------------------------------------------
+
+def _pndm_problem(steps, set_alpha_to_one=False):
+    """diffusers' PNDMScheduler (``skip_prk_steps=False``, its tables in float64) and the GMM on a
+    ``DiscreteVPSchedule`` of the same alphas_cumprod, where timestep k sits at t = (k + 1)/1000:
+    the scheduler's timesteps (and PRK half steps, for even step ratios) are grid points and
+    midpoints of ours."""
+    diffusers = pytest.importorskip("diffusers")
+    from samplerbench.models.adapters import DiscreteVPSchedule
+    from samplerbench.models.gmm import GMMDenoiser
+
+    s = diffusers.PNDMScheduler(skip_prk_steps=False, set_alpha_to_one=set_alpha_to_one)
+    s.set_timesteps(steps)
+    s.alphas_cumprod = s.alphas_cumprod.to(torch.float64)
+    s.final_alpha_cumprod = s.final_alpha_cumprod.to(torch.float64)
+    base = _model("gmm64-vp")
+    sched = DiscreteVPSchedule(s.alphas_cumprod)
+    den = GMMDenoiser(base.mixture, sched, base.data_shape)
+    n_train = s.config.num_train_timesteps
+    t = (torch.tensor(s._timesteps[::-1].copy(), dtype=torch.float64) + 1.0) / n_train
+    x = float(sched.sigma(t[0])) * initial_noise([0, 1, 2, 3], den.data_shape)
+    theirs = x.clone()
+    for ts in s.timesteps:
+        tt = torch.full((x.shape[0],), (int(ts) + 1.0) / n_train, dtype=torch.float64)
+        a, sg = float(sched.alpha(tt[0])), float(sched.sigma(tt[0]))
+        eps = (theirs - a * den(theirs, tt)) / sg
+        theirs = s.step(eps, ts, theirs).prev_sample
+    return den, t, x, theirs, len(s.timesteps)
+
+
+def _pndm_ours(den, t, x, final):
+    from samplerbench.solvers import Grid
+
+    if final == "zero":
+        t = torch.cat([t, t.new_zeros(1)])
+    grid = Grid(t=t, name="list", final=final)
+    solver = get_solver("pndm")
+    sol = solver.solve(solver.make_dynamics(den), x.clone(), grid)
+    assert sol.status == "ok" and sol.nfe == solver.declared_nfe(grid)
+    return sol
+
+
+def _relnorm(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("steps", [10, 20, 25, 50])
+def test_pndm_matches_diffusers(steps):
+    """Even step ratios (1000 // steps): the same algorithm at the same points, to rounding.
+    diffusers' last call (timestep 0 into alpha_cumprod_0) moves nothing: our t_min result."""
+    den, t, x, theirs, calls = _pndm_problem(steps)
+    sol = _pndm_ours(den, t, x, "t_min")
+    assert _relnorm(sol.x, theirs) < 1e-12, _relnorm(sol.x, theirs)
+    assert sol.nfe == calls - 1 == 12 + (steps - 4)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_pndm_odd_step_ratio_residual():
+    """1000 // 8 = 125: diffusers' half step is timestep T - 62, ours the midpoint T - 62.5.
+    The algorithms agree; the stage points differ by half a training timestep (~6e-4)."""
+    den, t, x, theirs, _ = _pndm_problem(8)
+    assert 1e-5 < _relnorm(_pndm_ours(den, t, x, "t_min").x, theirs) < 2e-3
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_pndm_set_alpha_to_one_differs_by_the_last_step():
+    """With set_alpha_to_one=True diffusers' last step extrapolates eps into t = 0; ours is the
+    denoise step D(x, t_min): close (both land on x0_hat at t_min to first order), not equal."""
+    den, t, x, theirs, _ = _pndm_problem(20, set_alpha_to_one=True)
+    rel = _relnorm(_pndm_ours(den, t, x, "zero").x, theirs)
+    assert 1e-8 < rel < 1e-2, rel

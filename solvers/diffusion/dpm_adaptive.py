@@ -25,8 +25,9 @@ class DPMAdaptive(Solver):
     to its last positive time, then the denoise step if the grid ends at 0.
 
     Each attempted step from lambda_s with size h (in lambda = log(alpha/sigma)) computes a low-
-    and a high-order solution sharing their model calls: ``solver_order = 3`` (default): DPM-Solver-2
-    with r1 = 1/3 and DPM-Solver-3 (3 NFE); ``solver_order = 2``: DPM-Solver-1 and -2 (2 NFE).
+    and a high-order solution sharing their model calls: ``solver_order = 3`` (default):
+    DPM-Solver-2 with r1 = 1/3 and DPM-Solver-3 (3 NFE); ``solver_order = 2``: DPM-Solver-1 and
+    -2 (2 NFE).
     The error is RMS((x_low - x_high) / max(atol, rtol max(|x_low|, |x_prev|))) over the whole
     batch, in k-diffusion's variable xbar = x/alpha (x_prev: the last accepted x_low).  A PID
     controller on 1/error (``pcoeff``, ``icoeff``, ``dcoeff``, divided by the order; step factor
