@@ -31,7 +31,7 @@ class HeunPP2(Solver):
     """Heun++ 2 (ComfyUI ``heunpp2`` at s_churn = 0): module docstring for the update.
 
     ODE, 3 NFE per step, except 2 on the second-to-last and 1 on the last step of the grid
-    (``declared_nfe`` counts them; ``stages`` = None).  Declared order 1: the weights are not
+    (``stages`` = 3; ``declared_nfe`` counts the last two).  Declared order 1: the weights are not
     those of a second-order rule -- they go to (1, 0, 0), plain Euler, as sigmabar / sigmabar_0
     -> 0 and are (1/3, 1/3, 1/3) only at the grid's start -- so the method is consistent but first
     order (measured ~1 on gmm64); it is a large-step heuristic, more accurate than Euler at high
@@ -43,7 +43,7 @@ class HeunPP2(Solver):
     name = "heunpp2"
     kind = "ode"
     order = 1.0
-    stages = None
+    stages = 3                  # but 2 and 1 on the last two steps: declared_nfe counts them
     reference = ("Carzit, sd-webui-samplers-scheduler (Heun++ 2); ComfyUI sample_heunpp2; "
                  "Karras et al. 2022 (Heun in sigma/alpha)")
 

@@ -43,8 +43,8 @@ class PNDM(Solver):
     pseudo linear multistep steps with the fixed fourth-order Adams-Bashforth weights
     (1 NFE each) -- see the module docstring for the formulas.
 
-    ODE, NFE = 4 per step for the first three steps and 1 after (``stages`` = None,
-    ``declared_nfe`` counts it).  Declared order 2, measured 2.02 (gmm64, karras) and 1.95
+    ODE, NFE = 4 per step for the first three steps and 1 after (``stages`` = 1, the steady
+    state; ``declared_nfe`` counts the warm-up).  Declared order 2, measured 2.02 (gmm64, karras) and 1.95
     (gmm64-vp, uniform in t): the Adams-Bashforth weights average eps_hat uniformly in t, while
     the transfer needs the exponentially weighted average over lambda that an exponential
     integrator uses, a mismatch of relative size O(h) -- local error O(h^3) even on uniform
@@ -61,7 +61,7 @@ class PNDM(Solver):
     name = "pndm"
     kind = "ode"
     order = 2.0
-    stages = None
+    stages = 1                  # after the warm-up; declared_nfe counts the 4-call steps
     reference = ("Liu, Ren, Lin & Zhao 2022, Pseudo Numerical Methods for Diffusion Models on "
                  "Manifolds (F-PNDM); diffusers PNDMScheduler")
 
