@@ -456,9 +456,16 @@ class Runner:
                 return row
             sol2 = None
             if _wanted(self.spec.nonconv, cell.model) and cell.steps is not None:  # all ranks
-                grid2 = self._grid(cell, den, 2 * cell.steps)
-                sol2 = self._sharded(solver, run_den, grid2, x_init, cell, repeats=1, warmup=0,
-                                     cond=cond)
+                try:
+                    grid2 = self._grid(cell, den, 2 * cell.steps)
+                except UserError as exc:    # e.g. a 'list' grid: no 2N version of it exists
+                    grid2 = None
+                    row["message"] = "; ".join(m for m in (
+                        row["message"], f"nonconv not computed: the grid has no "
+                        f"{2 * cell.steps}-step version ({exc})") if m)
+                if grid2 is not None:
+                    sol2 = self._sharded(solver, run_den, grid2, x_init, cell, repeats=1,
+                                         warmup=0, cond=cond)
             if not self.dist.is_main:
                 return row
             error = _wanted(self.spec.error, cell.model)

@@ -494,3 +494,21 @@ def test_sample_checks_out_before_solving(bad, tmp_path, capsys, monkeypatch):
     exits_2(capsys, ["sample", "gmm2d", "euler", "--steps", "2", "--out", out], "--out")
     with pytest.raises(UserError):
         check_out_file(out)
+
+
+def test_list_grid_in_a_spec_runs_with_nonconv_null_and_a_message(tmp_path):
+    """A 'list' grid has no 2N-step version: the cell runs, nonconv is null and says why
+    (issue 15: the run used to exit 2 mid-matrix, after writing run.json, with no row)."""
+    from samplerbench.bench.runner import rows, run_spec
+    from samplerbench.bench.spec import parse_spec
+
+    spec = parse_spec({"name": "lg", "models": ["gmm64", "gmm64-rf"], "solvers": ["euler", "heun"],
+                       "grids": [{"name": "list", "values": [80.0, 10.0, 1.0, 0.1],
+                                  "space": "ratio"}],
+                       "steps": [4], "samples": 8, "dtype": "float64"})
+    run_spec(spec, tmp_path, progress=False)
+    got = rows(tmp_path)
+    assert len(got) == 4 and all(r["status"] == "ok" for r in got)
+    for r in got:
+        assert r["nonconv"] is None and "nonconv not computed" in r["message"]
+        assert r["err_rms"] is not None and r["grid"] == "list"
