@@ -54,6 +54,11 @@ def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def _note(row: dict, text: str) -> None:
+    """Add ``text`` to an ok row's message (what was not computed, and why)."""
+    row["message"] = "; ".join(m for m in (row.get("message"), text) if m)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -460,9 +465,8 @@ class Runner:
                     grid2 = self._grid(cell, den, 2 * cell.steps)
                 except UserError as exc:    # e.g. a 'list' grid: no 2N version of it exists
                     grid2 = None
-                    row["message"] = "; ".join(m for m in (
-                        row["message"], f"nonconv not computed: the grid has no "
-                        f"{2 * cell.steps}-step version ({exc})") if m)
+                    _note(row, f"nonconv not computed: the grid has no {2 * cell.steps}-step "
+                          f"version ({exc})")
                 if grid2 is not None:
                     sol2 = self._sharded(solver, run_den, grid2, x_init, cell, repeats=1,
                                          warmup=0, cond=cond)
@@ -482,9 +486,7 @@ class Runner:
                 ref_blown = self.quality.blowup(base, x_ref,
                                                 float(den.schedule.sigma(grid.t_end)))
                 if ref_blown:             # no strong error against a reference that blew up
-                    row["message"] = "; ".join(m for m in (
-                        row["message"], f"err_rms not computed: the strong reference {ref_blown}")
-                        if m)
+                    _note(row, f"err_rms not computed: the strong reference {ref_blown}")
                 else:
                     row.update(error_metrics(x, x_ref))
             if self.spec.weak:
@@ -494,7 +496,7 @@ class Runner:
                 note = quality.pop("note", None)
                 row.update(quality)
                 if note:                     # e.g. too few samples for the FID protocol
-                    row["message"] = "; ".join(m for m in (row["message"], note) if m)
+                    _note(row, note)
             if sol2 is not None and sol2["status"] == "ok":
                 row["nonconv"] = nonconv(x, sol2["x"])
         except UserError:
