@@ -583,9 +583,9 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
                   "instead by the error against the reference and by how many distinct training "
                   f"images the samples reached (within RMS "
                   f"{REACHED_RMS}).")
-            doc.table(metric_table(g, "train_distinct", with_nfe=True, cell=lambda r: (
-                f"{int(r['train_distinct'])} / {int(r['n_samples'])} "
-                f"({r['train_reached']:.0%} reached)")),
+            doc.table(metric_table(g, "train_distinct", with_nfe=True, cell=lambda r: "—" if pd.isna(
+                r["train_distinct"]) else (f"{int(r['train_distinct'])} / {int(r['n_samples'])} "
+                                           f"({r['train_reached']:.0%} reached)")),
                 f"{title}: distinct training images reached / samples")
         groups = {} if memorises else None
         for metric, what in (("fid", "Fréchet distance / FID"), ("swd", "sliced Wasserstein"),
