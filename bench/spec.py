@@ -41,7 +41,7 @@ single_over_s = 1.0               # a cell whose first solve takes >= this is ti
 nonconv = true                    # also solve at 2N steps (same seed): RMS(x_N - x_2N);
                                   # "analytic": only for analytic models (as error)
 weak = true                       # distributional distances (Frechet / swd / FID) where defined
-kid = false                       # digits models: also KID (kid, kid_std, kid_protocol)
+kid = false                       # digits models: also KID (kid, kid_se, kid_protocol)
 fid_features = "auto"             # digits FID/KID features: "auto" (digits network) | "inception"
 blocks = 8                        # seed blocks for the jackknife se of quality metrics (>= 2,
                                   # dividing samples; default: the largest divisor of samples <= 8)
