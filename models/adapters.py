@@ -15,8 +15,16 @@ under one of our continuous schedules; the solvers never see which kind it was. 
     builds the network and loads its weights with :func:`load_weights`).  Options after ``?``:
     ``shape=3,32,32``, ``sigma_min=0.002``, ``sigma_max=80`` (otherwise read from the network's
     ``img_channels``/``img_resolution``/``sigma_min``/``sigma_max`` attributes, as NVlabs EDM
-    networks have).  ``edm:FILE.pkl`` (an NVlabs EDM network pickle) is refused: unpickling it runs
-    code.
+    networks have).
+
+``edm:FILE.pkl?trust_code=1``
+    An NVlabs EDM network pickle (``pickle.load(f)['ema']``, an ``EDMPrecond`` called as
+    ``net(x, sigma, class_labels)``).  Unpickling it **runs the code it carries** (the network's
+    module source, embedded by ``torch_utils.persistence``), so without ``trust_code=1`` it is
+    refused with an error naming the opt-in; with it, a warning is printed and the file is loaded
+    by :mod:`samplerbench.models.edm_pickle` (no ``torch_utils`` needed).  The network keeps its
+    own compute dtype (EDMPrecond works in float32); options ``shape``, ``sigma_min``,
+    ``sigma_max`` as above (EDMPrecond's defaults 0 and inf become EDM's 0.002 and 80).
 
 ``flow:TARGET``
     A flow_matching / torchcfm velocity model with their time convention: x_s = s x1 + (1 - s) x0,
@@ -26,7 +34,8 @@ under one of our continuous schedules; the solvers never see which kind it was. 
     ``model(t, x)``; by default from the name of the first parameter).
 
 Safety: weights are read with safetensors or ``torch.load(weights_only=True)``
-(:func:`load_weights`); a pickle that would import or run code raises ``UserError``.
+(:func:`load_weights`); a pickle that would import or run code raises ``UserError``, except an
+``edm:FILE.pkl`` the user opted into with ``trust_code=1``.
 """
 
 from __future__ import annotations
@@ -56,7 +65,10 @@ from samplerbench.models.weights import load_weights, read_json  # noqa: F401
 
 Tensor = torch.Tensor
 
-SPEC_FORMS = ["diffusers:PATH", "edm:MODULE:NAME", "flow:MODULE:NAME"]
+SPEC_FORMS = ["diffusers:PATH", "edm:MODULE:NAME", "edm:FILE.pkl?trust_code=1",
+              "flow:MODULE:NAME"]
+EDM_PICKLE_SUFFIXES = (".pkl", ".pickle")
+_WARNED: set[str] = set()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,6 +228,90 @@ def _shape(value: str | None, net, what: str) -> tuple[int, ...]:
                     f"{what}:my_module:make_net?shape=3,32,32")
 
 
+def _edm_sigmas(opts: dict, net) -> tuple[float, float]:
+    """sigma range: the options, else the network's ``sigma_min``/``sigma_max`` where usable
+    (NVlabs EDMPrecond defaults to 0 and inf, which mean "no limit"), else EDM's 0.002 and 80."""
+    try:
+        smin = float(opts.get("sigma_min", getattr(net, "sigma_min", 0.002)))
+        smax = float(opts.get("sigma_max", getattr(net, "sigma_max", 80.0)))
+    except (TypeError, ValueError):
+        raise UserError("edm sigma_min/sigma_max", (opts.get("sigma_min"),
+                        opts.get("sigma_max")), hint="numbers, e.g. sigma_max=80") from None
+    if "sigma_min" not in opts and smin == 0:
+        smin = 0.002
+    if "sigma_max" not in opts and smax == math.inf:
+        smax = 80.0
+    if not (0 < smin < smax and math.isfinite(smax)):
+        raise UserError("edm sigma_min/sigma_max", (smin, smax),
+                        hint="0 < sigma_min < sigma_max")
+    return smin, smax
+
+
+def _trust(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes"):
+        return True
+    if v in ("0", "false", "no", ""):
+        return False
+    raise UserError("edm option trust_code", value, ["1", "0"])
+
+
+class _OwnDtype(nn.Module):
+    """A network that chooses its own compute dtype (NVlabs EDMPrecond casts its input to float32,
+    or float16 on CUDA): it is moved to the input's device but never converted, and its output is
+    cast to the input's dtype.  Its parameters are hidden from :class:`DtypeCopies`."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.__dict__["net"] = net
+
+    def forward(self, x, sigma, **cond):
+        net = self.__dict__["net"]
+        p = next(iter(net.parameters()), None) if isinstance(net, nn.Module) else None
+        if p is not None and p.device != x.device:
+            net = self.__dict__["net"] = net.to(x.device)
+        return net(x, sigma, **cond).to(x.dtype)
+
+
+def load_edm_pickle(target: str, query: str = "") -> Denoiser:
+    """``edm:FILE.pkl``: an NVlabs EDM network pickle, ``pickle.load(f)['ema']`` called as
+    ``net(x, sigma, **cond)``.  Refused unless ``trust_code=1``: unpickling it runs the code it
+    carries (:mod:`samplerbench.models.edm_pickle`)."""
+    opts = _parse_options(query, ("shape", "sigma_min", "sigma_max", "trust_code"), "edm")
+    if not _trust(opts.get("trust_code", "0")):
+        optin = f"edm:{target}?{'&'.join([query, 'trust_code=1'] if query else ['trust_code=1'])}"
+        try:
+            load_weights(target)     # a weights-only reader: it runs nothing
+        except UserError as exc:
+            if "refusing to unpickle" not in str(exc):
+                raise
+            raise UserError("edm model", target, hint=(
+                "refusing to unpickle it: an NVlabs EDM network pickle carries Python code "
+                "that unpickling runs. If you trust the file, opt in with "
+                f"{optin} (runs the file's code)")) from None
+        raise UserError("edm model", target, hint=(
+            "it holds only tensors, no network: write a factory in your own module that builds "
+            "the network and loads them with models.weights.load_weights, and use "
+            "edm:MODULE:FACTORY"))
+    if target not in _WARNED:           # once per file and process (a run loads it twice)
+        _WARNED.add(target)
+        sys.stderr.write(f"samplerbench: warning: trust_code=1: unpickling {target} runs the "
+                         "code it carries (an NVlabs EDM pickle embeds its network's source); "
+                         "use it only for files you trust\n")
+        sys.stderr.flush()
+    from samplerbench.models.edm_pickle import load_network
+
+    net = load_network(target)
+    if isinstance(net, nn.Module):
+        net.eval().requires_grad_(False)
+    smin, smax = _edm_sigmas(opts, net)
+    den = edm_denoiser(_OwnDtype(net), _shape(opts.get("shape"), net, "edm"), smin, smax)
+    den.source = {**den.source, "target": target, "trust_code": True,
+                  "network": type(net).__name__}
+    den.network = net
+    return den
+
+
 def load_spec(spec: str) -> Denoiser:
     """A ``diffusers:`` / ``edm:`` / ``flow:`` model spec as a Denoiser."""
     prefix, _, rest = spec.partition(":")
@@ -226,6 +322,8 @@ def load_spec(spec: str) -> Denoiser:
     if prefix not in ("edm", "flow"):
         raise UserError("model", spec, SPEC_FORMS)
     target, _, query = rest.partition("?")
+    if prefix == "edm" and Path(target).suffix in EDM_PICKLE_SUFFIXES:
+        return load_edm_pickle(target, query)
     if Path(target).suffix in _PICKLE_SUFFIXES or Path(target).suffix == ".safetensors":
         load_weights(target)     # refuses a code-carrying pickle with a clear message
         raise UserError(f"{prefix} model", target, hint=(
@@ -233,17 +331,12 @@ def load_spec(spec: str) -> Denoiser:
             f"builds the network and loads the weights with models.weights.load_weights, and "
             f"use {prefix}:MODULE:FACTORY"))
     if prefix == "edm":
-        opts = _parse_options(query, ("shape", "sigma_min", "sigma_max"), "edm")
+        opts = _parse_options(query, ("shape", "sigma_min", "sigma_max", "trust_code"), "edm")
+        if "trust_code" in opts:
+            raise UserError("edm option trust_code", opts["trust_code"], hint="it applies to an "
+                            "NVlabs network pickle only: edm:FILE.pkl?trust_code=1")
         net = _resolve_network(load_callable(target, "edm"), target, "edm")
-        try:
-            smin = float(opts.get("sigma_min", getattr(net, "sigma_min", 0.002)))
-            smax = float(opts.get("sigma_max", getattr(net, "sigma_max", 80.0)))
-        except (TypeError, ValueError):
-            raise UserError("edm sigma_min/sigma_max", (opts.get("sigma_min"),
-                            opts.get("sigma_max")), hint="numbers, e.g. sigma_max=80") from None
-        if not (0 < smin < smax and math.isfinite(smax)):
-            raise UserError("edm sigma_min/sigma_max", (smin, smax),
-                            hint="0 < sigma_min < sigma_max")
+        smin, smax = _edm_sigmas(opts, net)
         den = edm_denoiser(net, _shape(opts.get("shape"), net, "edm"), smin, smax)
     else:
         opts = _parse_options(query, ("shape", "signature"), "flow")

@@ -60,7 +60,8 @@ def model_entries() -> list[ModelEntry]:
     return [_MODELS[k] for k in available_models()]
 
 
-SPEC_FORMS = ["gmm:PATH.json", "diffusers:PATH", "edm:MODULE:NAME", "flow:MODULE:NAME"]
+SPEC_FORMS = ["gmm:PATH.json", "diffusers:PATH", "edm:MODULE:NAME", "edm:FILE.pkl?trust_code=1",
+              "flow:MODULE:NAME"]
 
 
 def load_model(spec: str) -> Denoiser:
