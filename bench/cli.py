@@ -112,7 +112,14 @@ def cmd_list(args) -> int:
         print(f"{'model':<16} {'schedule':<10} description")
         for e in model_entries():
             print(f"{e.name:<16} {e.schedule:<10} {e.description}")
-        print(f"{'gmm:PATH.json':<16} {'(any)':<10} analytic Gaussian mixture from a JSON file")
+        from samplerbench.models.zoo import SPEC_FORM_HELP
+
+        print("\nyour own models (options follow '?', joined by '&'; e.g. "
+              "edm:m.py:make?shape=3,32,32&sigma_max=80):")
+        print(f"{'form':<18} {'options':<34} description")
+        for f in SPEC_FORM_HELP:
+            print(f"{f.form:<18} {f.options:<34} {f.description}")
+            print(f"{'':<18} example: {f.example}")
         if what == "all":
             print()
     if what in ("grids", "all"):

@@ -64,6 +64,44 @@ SPEC_FORMS = ["gmm:PATH.json", "diffusers:PATH", "edm:MODULE:NAME", "edm:FILE.pk
               "flow:MODULE:NAME"]
 
 
+@dataclass(frozen=True)
+class SpecForm:
+    """A model-spec form for your own models, as ``samplerbench list models`` shows it."""
+    form: str
+    options: str          # what may follow ``?`` (``&``-separated key=value)
+    description: str
+    example: str          # one shell line that runs as printed (from an empty folder)
+
+
+_EXAMPLES = "python -m samplerbench.models.examples"
+SPEC_FORM_HELP = [
+    SpecForm("gmm:PATH.json", "-",
+             "analytic Gaussian mixture from a JSON file: weights, means, stds or covs, schedule",
+             f"{_EXAMPLES} gmm mix.json && samplerbench sample gmm:mix.json heun --steps 18 "
+             "--out x.npz"),
+    SpecForm("diffusers:PATH", "-",
+             "local diffusers pipeline or model folder (DDPM-family or FlowMatch scheduler; a "
+             "vae/ subfolder makes it a latent model)",
+             f"{_EXAMPLES} ddpm ddpm && samplerbench sample diffusers:ddpm ddim --steps 10 "
+             "--out x.npz"),
+    SpecForm("edm:MODULE:NAME", "shape=C,H,W sigma_min= sigma_max=",
+             "EDM / k-diffusion denoiser D(x, sigma) from your own code (MODULE or FILE.py; "
+             "NAME a network or a factory)",
+             "samplerbench sample edm:samplerbench.models.examples:gaussian_edm heun --steps 18 "
+             "--out x.npz"),
+    SpecForm("edm:FILE.pkl", "trust_code=1 (required) shape= ...",
+             "NVlabs EDM network pickle, pickle.load(f)['ema'] called as net(x, sigma); "
+             "trust_code=1 runs the file's code (refused without it); options as edm:MODULE:NAME",
+             f"{_EXAMPLES} edm-pkl net.pkl && samplerbench sample 'edm:net.pkl?trust_code=1' "
+             "heun --steps 18 --out x.npz"),
+    SpecForm("flow:MODULE:NAME", "shape=C,H,W signature=xt|tx",
+             "flow_matching / torchcfm velocity model (s = 0 noise, s = 1 data) from your own "
+             "code",
+             "samplerbench sample flow:samplerbench.models.examples:gaussian_flow euler --steps "
+             "16 --out x.npz"),
+]
+
+
 def load_model(spec: str) -> Denoiser:
     """``spec`` is a registered name, ``gmm:PATH.json``, or a pretrained-model spec
     (``diffusers:PATH``, ``edm:MODULE:NAME``, ``flow:MODULE:NAME``; see models/adapters.py)."""
