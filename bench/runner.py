@@ -25,7 +25,7 @@ from samplerbench.bench.decode import decode_samples
 from samplerbench.bench.metrics import (PeakMemory, error_metrics, nonconv, strong_reference,
                                         timed)
 from samplerbench.bench.quality import QualityMetrics
-from samplerbench.bench.progress import Progress
+from samplerbench.bench.progress import Progress, plan_cell
 from samplerbench.bench.spec import NamedParams, Spec
 from samplerbench.bench.store import (BUDGET_MESSAGE, RowStore, latest_rows, load_tensors,
                                       read_rows, save_tensors)
@@ -174,6 +174,11 @@ class Runner:
                                       fid_features=getattr(spec, "fid_features", "auto"))
         self._budget_rows: dict = {}   # resolved budget cells computed in this process
         self._git_sha = git_sha()      # the code this run loaded: read once, not per row
+        self._progress = None          # the progress line, told which phase a cell is in
+
+    def _phase(self, name: str) -> None:
+        if self._progress is not None:
+            self._progress.phase(name)
 
     # ------------------------------------------------------------------------------------------
     def _write_run_json(self) -> None:
@@ -259,6 +264,7 @@ class Runner:
                 data["x_init"], x_init.double().cpu()):
             x_ref = data["x_ref"]
         if x_ref is None:
+            self._phase("reference")
             sol = reference_solve(get_solver("dopri8").make_dynamics(den, cond),
                                   x_init.double().cpu(),
                                   grid, rtol=self.spec.ref_rtol, atol=self.spec.ref_atol)
@@ -267,6 +273,7 @@ class Runner:
             x_ref = sol.x
             save_tensors(path, {"x_init": x_init.double().cpu(), "x_ref": x_ref},
                          metadata={k: str(v) for k, v in key.items()})
+            self._phase("metrics")
         self._refs[h] = x_ref
         return x_ref
 
@@ -280,12 +287,14 @@ class Runner:
                           "steps": self.spec.sde_ref_steps, "guidance": cell.guidance},
                          sort_keys=True, default=str)
         if key not in self._refs:
+            self._phase("reference")
             seeds = sample_seeds(cell.seed, cell.n_samples)
             sol = strong_reference(solver, den, x_init, seeds, grid, self.spec.sde_ref_steps,
                                    cond=cond)
             if sol.status != "ok":
                 raise RuntimeError(f"strong reference failed: {sol.message}")
             self._refs[key] = sol.x.detach().cpu()
+            self._phase("metrics")
         return self._refs[key]
 
     # ------------------------------------------------------------------------------------------
@@ -442,6 +451,7 @@ class Runner:
                 row.update(status="skipped", message=reason)
                 return row
             x_init = self._x_init(den, grid, cell)
+            self._phase("solve")
             sol = self._sharded(solver, run_den, grid, x_init, cell, self.spec.repeats,
                                 self.spec.warmup, cond,
                                 single_over_s=None if cell.compile else self.spec.single_over_s)
@@ -472,6 +482,7 @@ class Runner:
                                          warmup=0, cond=cond)
             if not self.dist.is_main:
                 return row
+            self._phase("metrics")
             error = _wanted(self.spec.error, cell.model)
             if error and not solver.stochastic:
                 x_ref = self.reference(den, grid, cell, x_init, cond)
@@ -561,19 +572,17 @@ class Runner:
             self._write_run_json()
         done = self.dist.broadcast(done)                    # every rank runs the same cells
         todo = [c for c in cells if c.case_id not in done]
-        progress = Progress(len(cells), enabled=self.progress_enabled and main)
+        progress = self._progress = Progress(len(cells), enabled=self.progress_enabled and main,
+                                             work=[plan_cell(c, self.spec) for c in todo])
         progress.done = len(cells) - len(todo)
         counts: dict[str, int] = {}
-        import time
-
         for cell in todo:
             progress.start(cell.label)
-            t0 = time.perf_counter()
             row = self.run_cell(cell)
             if main:
                 self.store.append(row)
             counts[row["status"]] = counts.get(row["status"], 0) + 1
-            progress.finish_cell(time.perf_counter() - t0)
+            progress.finish_cell()
         ids = {c.case_id for c in cells}
         matrix_status: dict[str, int] = {}
         if main:
