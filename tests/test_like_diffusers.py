@@ -264,7 +264,10 @@ def test_dpmpp_3m_diffusers_variant_differs_from_kdiffusion_below_15_steps(unet_
     assert _rel(other.x, sol.x) > 10 * REL
     assert get_solver("dpmpp_3m", variant="diffusers").params() == {
         "variant": "diffusers", "lower_order_final": True}
-    assert k.params() == {}                            # earlier rows keep their params
+    assert k.params() == {"variant": "k-diffusion", "lower_order_final": True}
+    from samplerbench.models.errors import UserError
+    with pytest.raises(UserError, match="variant=diffusers"):
+        get_solver("dpmpp_3m", lower_order_final=False)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,13 +52,6 @@ class DDIM(Solver):
                               or not 0 < c < math.inf):
             raise ValueError(f"clip_x0 must be a positive number (or unset), got {c!r}")
 
-    def params(self):
-        # unset clipping stays out of the rows, so rows of earlier runs keep their params
-        p = super().params()
-        if p["clip_x0"] is None:
-            del p["clip_x0"]
-        return p
-
     def step(self, dynamics, t0, t1, x, state, noise):
         x0 = dynamics.denoise(t0, x)
         if self.clip_x0 is None:

@@ -186,13 +186,6 @@ class DPMSolverPP3M(_Multistep):
             raise ValueError("lower_order_final=false needs variant=diffusers (the "
                              "k-diffusion variant never lowers the order at the end)")
 
-    def params(self):
-        # the default variant stays out of the rows, so rows of earlier runs keep their params
-        p = super().params()
-        if p["variant"] == "k-diffusion":
-            del p["variant"], p["lower_order_final"]
-        return p
-
     def init_state(self, dynamics, x, grid):
         state = super().init_state(dynamics, x, grid)
         state["t_second_last"] = float(grid.t[-2])
