@@ -146,6 +146,12 @@ def _scheduler(cfg: dict):
     return sched
 
 
+def check(path) -> str:
+    """The scheduler class of the diffusers folder ``path`` if --like-diffusers maps it and all
+    its options; else ``UserError`` naming the class or the option."""
+    return type(_scheduler(scheduler_config(path))).__name__
+
+
 def _same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True

@@ -114,7 +114,7 @@ def _draw(model, solver, steps, grid=AUTO, final="zero", n=64, seed=0, noise="fr
 def _like_diffusers(model, solver, steps, grid, final, solver_opts, grid_params):
     """(denoiser, solver, grid) of ``--like-diffusers``; the settings it chooses may not be
     given as well."""
-    from samplerbench.bench.like_diffusers import apply, plan
+    from samplerbench.bench.like_diffusers import apply, check, plan
 
     if not isinstance(model, str) or not model.startswith("diffusers:"):
         raise UserError("--like-diffusers", model, hint="needs a diffusers:PATH model (its "
@@ -126,6 +126,7 @@ def _like_diffusers(model, solver, steps, grid, final, solver_opts, grid_params)
     if given:
         raise UserError("--like-diffusers", given[0], hint="it chooses the solver, grid, final "
                         "and solver options from the scheduler config: drop " + ", ".join(given))
+    check(model.split(":", 1)[1])                # an unmapped scheduler costs no model load
     den = load_model(model)
     p, g = plan(model.split(":", 1)[1], steps, den)
     s = get_solver(p.solver, **p.solver_opts)

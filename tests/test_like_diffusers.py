@@ -65,7 +65,7 @@ def _ours(path, steps, **kw):
     return den, x0, sol, g
 
 
-def _theirs(unet, sched, x_vp, steps, stop=None, sigmas=None, noise=None):
+def _theirs(unet, sched, x_vp, steps, stop=None, sigmas=None):
     """diffusers' loop from our x_init (VP state); (state in VP space, network calls)."""
     if sigmas is None:
         sched.set_timesteps(steps)
@@ -141,7 +141,6 @@ def test_like_diffusers_equals_diffusers_loop(unet_dir, tmp_path, cls, cfg, step
                                               grid, monkeypatch):
     sched = getattr(diffusers, cls)(**cfg)
     path = _folder(unet_dir, tmp_path, sched)
-    noise = None
     if cls == "EulerAncestralDiscreteScheduler":
         # diffusers draws its noise with randn_tensor: give it our stream's draws, in order
         src = FreshNoise(sample_seeds(3, N_SAMPLES), (1, 8, 8), dtype=torch.float32)
@@ -151,7 +150,7 @@ def test_like_diffusers_equals_diffusers_loop(unet_dir, tmp_path, cls, cfg, step
     den, x0, sol, g = _ours(path, steps)
     p = den.like_diffusers
     assert (p.solver, p.grid) == (solver, grid), p.line()
-    theirs, calls = _theirs(unet_dir[1], sched, x0, steps, noise=noise)
+    theirs, calls = _theirs(unet_dir[1], sched, x0, steps)
     assert sol.nfe == calls
     assert _rel(sol.x, theirs) < REL, p.line()
 
