@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   samplerbench sample gmm2d heun --steps 18 --n 512 --out samples.npz
   samplerbench sample gmm64 euler_ancestral --steps 32 --noise brownian --solver-opt eta=0.5 --out x.npz
   samplerbench sample gmm64 dpmpp_2m --steps 10 --grid karras --grid-opt rho=5 --out x.npz
+  samplerbench sample diffusers:./my-ddpm-pipeline --like-diffusers --steps 25 --out x.npz
   samplerbench sample gmm64 euler --steps 4 --grid list --grid-opt values=80,10,1,0.1 \
       --grid-opt space=ratio --x-init z.npy --out x.npz
   samplerbench run --models gmm64 --solvers unipc_bh2 --solver-opt solver_order=3 --steps 8 \
@@ -213,10 +214,27 @@ def cmd_sample(args) -> int:
     from samplerbench.bench.sample import sample_to_npz
 
     opts = _kv(args.solver_opt, "--solver-opt")
-    info = sample_to_npz(args.model, args.solver, steps=args.steps, grid=args.grid,
-                         grid_params=_grid_opts(args.grid_opt), final=args.final, n=args.n,
+    if args.solver is None and not args.like_diffusers:
+        raise UserError("sample SOLVER", None, hint="name a solver (samplerbench list solvers), "
+                        "or --like-diffusers for a diffusers:PATH model")
+    like = {}
+    if args.like_diffusers:
+        given = [f for f, v in (("SOLVER", args.solver), ("--grid", args.grid),
+                                ("--grid-opt", args.grid_opt), ("--final", args.final),
+                                ("--solver-opt", args.solver_opt)) if v is not None]
+        if given:
+            raise UserError("--like-diffusers", given[0], hint="it chooses the solver, grid, "
+                            "final and solver options from the folder's scheduler config: "
+                            "drop " + ", ".join(given))
+        like = {"like_diffusers": True}
+    info = sample_to_npz(args.model, args.solver, steps=args.steps,
+                         grid=args.grid if args.grid is not None else "auto",
+                         grid_params=_grid_opts(args.grid_opt),
+                         final=args.final if args.final is not None else "zero", n=args.n,
                          seed=args.seed, noise=args.noise, solver_opts=opts, out=args.out,
-                         dtype=args.dtype, device=args.device, x_init=args.x_init)
+                         dtype=args.dtype, device=args.device, x_init=args.x_init, **like)
+    if "like_diffusers" in info:
+        print(info["like_diffusers"].line())
     grid = info["grid"] + "".join(f" {k}={v}" for k, v in info["grid_params"].items()
                                   if k != "values")
     images = " (latents x, decoded images)" if info.get("decoded") else ""
@@ -390,14 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("sample", help="draw samples with one solver into an .npz",
                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sm.add_argument("model")
-    sm.add_argument("solver")
+    sm.add_argument("solver", nargs="?", help="a solver name (not with --like-diffusers)")
     sm.add_argument("--steps", type=_count, required=True)
-    sm.add_argument("--grid", default="auto", help="grid name, 'auto' (default: the model's "
+    sm.add_argument("--like-diffusers", action="store_true",
+                    help="diffusers:PATH only: the solver, grid, final and options equivalent to "
+                    "the folder's own scheduler (scheduler_config.json) after set_timesteps(N); "
+                    "prints the mapping and records it in the npz")
+    sm.add_argument("--grid", help="grid name, 'auto' (default: the model's "
                     "recommended grid, else karras) or @FILE.json ({\"name\": ..., <params>})")
     sm.add_argument("--grid-opt", action="append", metavar="KEY=VALUE",
                     help="repeatable: a grid parameter, e.g. rho=5, or values=80,10,1,0.1 "
                     "space=ratio for --grid list")
-    sm.add_argument("--final", default="zero", choices=["zero", "t_min"])
+    sm.add_argument("--final", choices=["zero", "t_min"], help="grid end (default zero)")
     sm.add_argument("--n", type=int, help="samples (default 64, or the rows of --x-init)")
     sm.add_argument("--x-init", metavar="Z.npy", help="standard-normal draw z [n, *data_shape] "
                     "instead of the seeded one (x_init = sigma(t_start) z)")

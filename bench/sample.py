@@ -71,8 +71,12 @@ def draw(model: str, solver: str, steps: int, grid: str = AUTO, final: str = "ze
 
 
 def _draw(model, solver, steps, grid=AUTO, final="zero", n=64, seed=0, noise="fresh",
-          solver_opts=None, dtype="float32", device="cpu", grid_params=None, x_init=None):
-    """:func:`draw`, and the loaded model first: (denoiser, x_init, solution, grid)."""
+          solver_opts=None, dtype="float32", device="cpu", grid_params=None, x_init=None,
+          like_diffusers=False):
+    """:func:`draw`, and the loaded model first: (denoiser, x_init, solution, grid).  With
+    ``like_diffusers`` (a ``diffusers:PATH`` model, no solver, grid, final or options given) the
+    solver, grid and final are those of :mod:`samplerbench.bench.like_diffusers`; the plan is
+    ``denoiser.like_diffusers``."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise UserError("n", n, hint="an integer >= 1")
     if n is None and x_init is None:
@@ -82,14 +86,17 @@ def _draw(model, solver, steps, grid=AUTO, final="zero", n=64, seed=0, noise="fr
     if dtype not in DTYPES:
         raise UserError("dtype", dtype, sorted(DTYPES))
     dev = resolve_device(device)
-    den = load_model(model)
-    s = get_solver(solver, **(solver_opts or {}))
-    params, source = dict(grid_params or {}), None
-    if grid.startswith("@"):
-        name, from_file = load_grid_file(grid, "--grid")
-        grid, params, source = name, {**from_file, **params}, f"--grid {grid}"
-    check_grid_spec(grid, params, den, final, source, steps=steps)
-    g = make_model_grid(den, grid, steps, final=final, **params)
+    if like_diffusers:
+        den, s, g = _like_diffusers(model, solver, steps, grid, final, solver_opts, grid_params)
+    else:
+        den = load_model(model)
+        s = get_solver(solver, **(solver_opts or {}))
+        params, source = dict(grid_params or {}), None
+        if grid.startswith("@"):
+            name, from_file = load_grid_file(grid, "--grid")
+            grid, params, source = name, {**from_file, **params}, f"--grid {grid}"
+        check_grid_spec(grid, params, den, final, source, steps=steps)
+        g = make_model_grid(den, grid, steps, final=final, **params)
     reason = s.check(den, g)
     if reason:
         raise UserError(f"solver {solver!r} on model {model!r}", g.name, hint=reason)
@@ -104,12 +111,38 @@ def _draw(model, solver, steps, grid=AUTO, final="zero", n=64, seed=0, noise="fr
     return den, x0, sol, g
 
 
+def _like_diffusers(model, solver, steps, grid, final, solver_opts, grid_params):
+    """(denoiser, solver, grid) of ``--like-diffusers``; the settings it chooses may not be
+    given as well."""
+    from samplerbench.bench.like_diffusers import apply, check, plan
+
+    if not isinstance(model, str) or not model.startswith("diffusers:"):
+        raise UserError("--like-diffusers", model, hint="needs a diffusers:PATH model (its "
+                        "scheduler config is what is copied)")
+    given = [f for f, v, default in (("solver", solver, None), ("grid", grid, AUTO),
+                                     ("final", final, "zero"), ("solver_opts", solver_opts, None),
+                                     ("grid_params", grid_params, None))
+             if v not in (default, {}, None)]
+    if given:
+        raise UserError("--like-diffusers", given[0], hint="it chooses the solver, grid, final "
+                        "and solver options from the scheduler config: drop " + ", ".join(given))
+    check(model.split(":", 1)[1])                # an unmapped scheduler costs no model load
+    den = load_model(model)
+    p, g = plan(model.split(":", 1)[1], steps, den)
+    s = get_solver(p.solver, **p.solver_opts)
+    apply(den, p, g)
+    den.like_diffusers = p
+    return den, s, g
+
+
 def sample_to_npz(model, solver, steps, out, **kw) -> dict:
     """Draw samples and write them to ``out`` (.npz) atomically; ``out`` is checked before the
     solve, so a bad path costs no compute.  Besides the samples, the npz records the grid used
     (``grid``: its resolved name, ``grid_params`` as JSON, ``grid_requested``: what was asked,
     e.g. "auto").  For a latent model (one with a decoder) ``x`` is the latent and ``images``
-    the decoded samples (decoded once after the solve; ``decode_s`` their decoding time)."""
+    the decoded samples (decoded once after the solve; ``decode_s`` their decoding time).
+    With ``like_diffusers=True`` the npz also holds ``like_diffusers``: the plan as JSON
+    (scheduler, solver, options, grid, final, timesteps, deliberate differences, the line)."""
     path = Path(out)
     if path.suffix != ".npz":
         raise UserError("--out", str(out), hint="the output file must end in .npz")
@@ -120,12 +153,19 @@ def sample_to_npz(model, solver, steps, out, **kw) -> dict:
         images, seconds = decode_samples(den, sol.x.detach(), sol.x.device)
         if images is not None:
             extra = {"images": images.double().numpy(), "decode_s": np.float64(seconds)}
+    requested = kw.get("grid", AUTO)
+    if kw.get("like_diffusers"):
+        requested = "like-diffusers"
+        extra["like_diffusers"] = np.str_(json.dumps(den.like_diffusers.record(), default=str))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:
         np.savez(f, **extra, x_init=x_init.cpu().double().numpy(),
                  x=sol.x.detach().cpu().double().numpy(), t=g.t.numpy(), nfe=np.int64(sol.nfe),
                  forward_passes=np.int64(sol.forward_passes), status=np.str_(sol.status),
                  grid=np.str_(g.name), grid_params=np.str_(json.dumps(g.params, default=str)),
-                 grid_requested=np.str_(kw.get("grid", AUTO)))
-    return {"n": x_init.shape[0], "nfe": sol.nfe, "status": sol.status, "grid": g.name,
+                 grid_requested=np.str_(requested))
+    info = {"n": x_init.shape[0], "nfe": sol.nfe, "status": sol.status, "grid": g.name,
             "grid_params": g.params, "decoded": "images" in extra}
+    if kw.get("like_diffusers"):
+        info["like_diffusers"] = den.like_diffusers
+    return info

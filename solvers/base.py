@@ -85,6 +85,11 @@ class Solver:
     def step(self, dynamics, t0: float, t1: float, x: Tensor, state: Any, noise) -> tuple[Tensor, Any]:
         raise NotImplementedError
 
+    def denoise_step(self, dynamics, t0: float, x: Tensor) -> Tensor:
+        """The step into t = 0: x <- D(x, t0), 1 NFE (a solver that post-processes x0_hat, e.g.
+        ``ddim`` with ``clip_x0``, applies the same to it)."""
+        return dynamics.denoise(t0, x)
+
     def solve(self, dynamics, x: Tensor, grid, noise=None) -> Solution:
         if self.stochastic and noise is None:
             raise UserError("noise", None, ["fresh", "brownian"],
@@ -96,7 +101,7 @@ class Solver:
         for i in range(len(ts) - 1):
             t0, t1 = ts[i], ts[i + 1]
             if t1 == 0.0:
-                x = dynamics.denoise(t0, x)
+                x = self.denoise_step(dynamics, t0, x)
             else:
                 x, state = self.step(dynamics, t0, t1, x, state, noise)
             n_steps += 1

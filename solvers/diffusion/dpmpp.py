@@ -137,8 +137,8 @@ class DPMSolverPP2M(_Multistep):
 @register_solver
 @dataclass(frozen=True)
 class DPMSolverPP3M(_Multistep):
-    """DPM-Solver++(3M) as implemented by k-diffusion (``sample_dpmpp_3m_sde`` with eta = 0),
-    dpm-solver (``multistep_dpm_solver_third_update``) and diffusers, which all agree:
+    """DPM-Solver++(3M) with the update formula of k-diffusion (``sample_dpmpp_3m_sde`` with
+    eta = 0), dpm-solver (``multistep_dpm_solver_third_update``) and diffusers, which agree on it:
     x_1 = first-order step + alpha_1 (phi_2 D1 - phi_3 D2), phi_2 = (e^{-h} - 1)/h + 1,
     phi_3 = phi_2/h - 1/2, with D1_0 = (D_0 - D_-1)/r0, D1_1 = (D_-1 - D_-2)/r1 (r0 = h_-1/h,
     r1 = h_-2/h), D1 = D1_0 + r0/(r0 + r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0 + r1).
@@ -151,7 +151,21 @@ class DPMSolverPP3M(_Multistep):
     method (measured 3.2), but less accurate below ~50 steps on gmm64 (about 2x the error at
     10-32 steps); this name keeps the algorithm every other implementation runs.  After a step
     from alpha = 0 (lambda = -inf) the ratios r = inf drop the infinite-distance history (the
-    limit of the formula)."""
+    limit of the formula).
+
+    The implementations differ in which steps run below third order.  ``variant="k-diffusion"``
+    (default): steps 1 and 2 only (k-diffusion's ``sample_dpmpp_3m_sde``).
+    ``variant="diffusers"``: ``DPMSolverMultistepScheduler(solver_order=3)`` with its defaults
+    ``solver_type="midpoint"`` and ``lower_order_final=True`` -- its second-order steps use the
+    midpoint weight (1 - e^{-h})/2 of ``dpmpp_2m`` where k-diffusion uses phi_2, and on grids of
+    fewer than 15 steps the second-to-last step is at most second order and, on
+    ``final="t_min"`` grids, the last step first order (on ``final="zero"`` grids the last step is
+    the denoise step in both).  With ``lower_order_final=False`` diffusers still differs in the
+    second step's weight: that is ``variant="diffusers", lower_order_final=False`` (the option
+    only exists for this variant; k-diffusion's never lowers the order at the end)."""
+
+    variant: str = "k-diffusion"
+    lower_order_final: bool = True
 
     # weight of (D1_0 - D1_1)/(r0 + r1) in D2: 1 in k-diffusion / dpm-solver / diffusers
     # (order 2); 2 gives the third-order method
@@ -159,6 +173,23 @@ class DPMSolverPP3M(_Multistep):
 
     name = "dpmpp_3m"
     order = 2.0
+    VARIANTS: ClassVar[tuple[str, ...]] = ("k-diffusion", "diffusers")
+
+    def __post_init__(self):
+        if self.variant not in self.VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(self.VARIANTS)}, "
+                             f"got {self.variant!r}")
+        if not isinstance(self.lower_order_final, bool):
+            raise ValueError("lower_order_final must be true or false, "
+                             f"got {self.lower_order_final!r}")
+        if not self.lower_order_final and self.variant != "diffusers":
+            raise ValueError("lower_order_final=false needs variant=diffusers (the "
+                             "k-diffusion variant never lowers the order at the end)")
+
+    def init_state(self, dynamics, x, grid):
+        state = super().init_state(dynamics, x, grid)
+        state["t_second_last"] = float(grid.t[-2])
+        return state
 
     def step(self, dynamics, t0, t1, x, state, noise):
         x0 = dynamics.denoise(t0, x)
@@ -167,6 +198,13 @@ class DPMSolverPP3M(_Multistep):
         a1 = dynamics.scalars(t1)[0]
         cx, c0 = data_coefs(dynamics, t0, t1, h)
         hist = state["hist"]
+        if self.variant == "diffusers" and self.lower_order_final and state["grid_steps"] < 15:
+            # diffusers' lower_order_final: the second-to-last step at most second order, the
+            # last one (into t_min) first order
+            if t1 == state["t_last"] and state["final"] == "t_min":
+                hist = ()
+            elif t1 == state["t_second_last"]:
+                hist = hist[:1]
         # first-order step + alpha_1 (phi_2 D1 - phi_3 D2): every term is linear in
         # (x, D_0, D_-1, D_-2), so the update is one combination with per-step weights
         if not hist:
@@ -176,7 +214,10 @@ class DPMSolverPP3M(_Multistep):
             A = a1 * phi_2
             l_1, x0_1 = hist[0]
             r0 = (l0 - l_1) / h
-            if len(hist) == 1:
+            if len(hist) == 1 and self.variant == "diffusers":
+                # diffusers' second-order step (solver_type="midpoint") is dpmpp_2m's
+                x_new = lincomb((cx, x), (c0 * (1.0 + 0.5 / r0), x0), (-c0 * (0.5 / r0), x0_1))
+            elif len(hist) == 1:
                 # + A (D_0 - D_-1) / r0
                 x_new = lincomb((cx, x), (c0 + A / r0, x0), (-A / r0, x0_1))
             else:
