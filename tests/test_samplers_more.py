@@ -1,0 +1,185 @@
+"""The issue-16 (item 1) samplers added second: ``sa_solver`` (and, below, the others), float64.
+
+* ``sa_solver`` against diffusers' ``SASolverScheduler`` (data prediction) on gmm64-vp with the
+  same injected draws, on the scheduler's own sigma grid (t_i = t_from_ratio(sigma_i) under our
+  VP schedule, so alpha and sigma are the scheduler's; it ends at its first training noise level:
+  ``final="t_min"``), and its tau = 0 limit: a deterministic multistep ODE solver whose measured
+  order on gmm64 is min(corrector_order, predictor_order + 1).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from samplerbench.bench.conformance import ORDER_TOLERANCE  # noqa: E402
+from samplerbench.models.dynamics import ProbabilityFlowODE  # noqa: E402
+from samplerbench.models.zoo import load_model  # noqa: E402
+from samplerbench.solvers import Grid, get_solver, initial_noise, make_grid  # noqa: E402
+
+_MODELS: dict = {}
+
+
+def _model(name):
+    if name not in _MODELS:
+        _MODELS[name] = load_model(name)
+    return _MODELS[name]
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+class _Draws:
+    """Injected standard-normal draws, one per call, shared by the solver and the peer."""
+
+    def __init__(self, shape, n, seed=7):
+        g = torch.Generator().manual_seed(seed)
+        self.z = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(n)]
+        self.i = 0
+
+    def __call__(self, *args, **kwargs):
+        self.i += 1
+        return self.z[self.i - 1]
+
+
+def _grid_of_ratios(den, ratios, final):
+    t = den.schedule.t_from_ratio(torch.as_tensor(ratios).to(torch.float64))
+    if final == "zero":
+        t = torch.cat([t, t.new_zeros(1)])
+    return Grid(t=t, name="list", final=final)
+
+
+def _ode_errors(name, steps_list, model="gmm64", **params):
+    """err_rms at t_min against the dopri8 reference (the solver given unused fresh noise)."""
+    from helpers import err_rms
+
+    from samplerbench.solvers import make_noise
+    from samplerbench.solvers.classical.adaptive import reference_solve
+
+    den = _model(model)
+    seeds = [0, 1, 2, 3]
+    g0 = make_grid("karras", den.schedule, steps_list[0], final="t_min")
+    x = float(den.schedule.sigma(g0.t_start)) * initial_noise(seeds, den.data_shape)
+    ref = reference_solve(ProbabilityFlowODE(den), x, g0, 1e-12, 1e-12).x
+    solver = get_solver(name, **params)
+    errs = []
+    for n in steps_list:
+        g = make_grid("karras", den.schedule, n, final="t_min")
+        noise = make_noise("fresh", seeds, den.data_shape, g)
+        errs.append(err_rms(solver.solve(solver.make_dynamics(den), x, g, noise).x, ref))
+    return errs
+
+
+# --- sa_solver ----------------------------------------------------------------------------------
+
+def _sa_peer(monkeypatch, steps, tau_func, p, c, lower_order_final=True):
+    diffusers = pytest.importorskip("diffusers")
+    import diffusers.schedulers.scheduling_sasolver as mod
+
+    den = _model("gmm64-vp")
+    s = diffusers.SASolverScheduler(predictor_order=p, corrector_order=c, tau_func=tau_func,
+                                    lower_order_final=lower_order_final)
+    s.set_timesteps(steps)
+    s.sigmas = s.sigmas.to(torch.float64)
+    grid = _grid_of_ratios(den, s.sigmas, "t_min")
+    x = float(den.schedule.sigma(grid.t_start)) * initial_noise([0, 1, 2], den.data_shape)
+    draws = _Draws(x.shape, steps)
+    monkeypatch.setattr(mod, "randn_tensor", draws)
+    theirs = x.clone()
+    for i, ts in enumerate(s.timesteps):
+        t = grid.t[i]
+        x0 = den(theirs, t.expand(x.shape[0]))
+        eps = (theirs - float(den.schedule.alpha(t)) * x0) / float(den.schedule.sigma(t))
+        theirs = s.step(eps, ts, theirs).prev_sample
+    assert draws.i == steps
+    # tau's window in sigma/alpha: the grid points whose timestep tau_func maps to 1
+    on = [float(s.sigmas[i]) for i, ts in enumerate(s.timesteps) if tau_func(int(ts))]
+    return den, grid, x, theirs, on
+
+
+def _diffusers_window(t):
+    return 1 if 200 <= t <= 800 else 0      # diffusers' default tau_func
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("p,c", [(2, 2), (3, 3), (1, 1), (4, 4), (3, 2), (2, 4)])
+@pytest.mark.parametrize("steps", [10, 20])
+@pytest.mark.parametrize("window", ["default", "all", "none"])
+def test_sa_solver_matches_diffusers(monkeypatch, p, c, steps, window):
+    tau_func = {"default": _diffusers_window, "all": lambda t: 1, "none": lambda t: 0}[window]
+    den, grid, x, theirs, on = _sa_peer(monkeypatch, steps, tau_func, p, c)
+    params = {"predictor_order": p, "corrector_order": c}
+    if window == "none":
+        params["tau"] = 0.0
+    elif window == "default":
+        params.update(tau_sigma_min=min(on), tau_sigma_max=max(on))
+    solver = get_solver("sa_solver", **params)
+    draws = _Draws(x.shape, steps)
+    sol = solver.solve(solver.make_dynamics(den), x.clone(), grid, draws)
+    assert sol.status == "ok" and sol.nfe == steps == solver.declared_nfe(grid)
+    assert draws.i == (0 if window == "none" else steps)
+    assert _rel(sol.x, theirs) < 1e-10, _rel(sol.x, theirs)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_sa_solver_default_window_is_diffusers_default():
+    """The README / docstring values of diffusers' default window, from its own tables."""
+    diffusers = pytest.importorskip("diffusers")
+    a = diffusers.SASolverScheduler().alphas_cumprod.double()
+    r = ((1 - a) / a).sqrt()
+    assert abs(float(r[200]) - 0.7236) < 1e-4 and abs(float(r[800]) - 25.736) < 1e-3
+
+
+def test_sa_solver_tau_zero_is_a_deterministic_multistep_solver():
+    """tau = 0: no draws, the PF-ODE; order min(c, p + 1) on gmm64 (dopri8 reference)."""
+    from helpers import fit_order
+
+    # (2, 2) approaches 2 from above (local slopes 2.7, 2.4, 2.2, 2.1 from 32 to 512 steps)
+    for (p, c), expect, steps in [((2, 2), 2.0, [128, 256, 512]), ((1, 2), 2.0, [64, 128, 256]),
+                                  ((2, 3), 3.0, [64, 128, 256]), ((1, 1), 1.0, [128, 256, 512])]:
+        errs = _ode_errors("sa_solver", steps, tau=0.0, predictor_order=p, corrector_order=c)
+        order = fit_order(steps, errs)
+        assert abs(order - expect) <= ORDER_TOLERANCE, (p, c, order, errs)
+    # one step (no history, nothing to correct): the first-order DPM-Solver++ step = DDIM
+    den = _model("gmm64-vp")
+    g1 = make_grid("karras", den.schedule, 1, final="t_min")
+    x = float(den.schedule.sigma(g1.t_start)) * initial_noise([0, 1], den.data_shape)
+    sa = get_solver("sa_solver", tau=0.0)
+    ddim = get_solver("ddim")
+    a = sa.solve(sa.make_dynamics(den), x.clone(), g1, _Draws(x.shape, 1)).x
+    b = ddim.solve(ddim.make_dynamics(den), x.clone(), g1).x
+    assert _rel(a, b) < 1e-13
+
+
+def test_sa_solver_noise_scale():
+    """One step from sigma_max on a VP model, tau = 1: the draw enters with
+    sigma_1 sqrt(1 - e^{-2h}) and x with e^{-h} sigma_1/sigma_0 (the exact solution's)."""
+    den = _model("gmm64-vp")
+    g = make_grid("karras", den.schedule, 1, final="t_min")
+    x = float(den.schedule.sigma(g.t_start)) * initial_noise([0, 1], den.data_shape)
+    sa = get_solver("sa_solver")
+    z = _Draws(x.shape, 1)
+    a = sa.solve(sa.make_dynamics(den), x.clone(), g, z).x
+    x0 = den(x, g.t[0].expand(2))
+    (a0, a1), (s0, s1) = den.schedule.alpha(g.t).tolist(), den.schedule.sigma(g.t).tolist()
+    h = math.log(a1 / s1) - math.log(a0 / s0)
+    # kappa = 2: weight 1 - e^{-2h}
+    want = (math.exp(-h) * s1 / s0 * x + a1 * -math.expm1(-2 * h) * x0
+            + s1 * math.sqrt(-math.expm1(-2 * h)) * z.z[0])
+    assert _rel(a, want) < 1e-12
+
+
+def test_sa_solver_bad_options_exit_2():
+    from samplerbench.models.errors import UserError
+
+    for bad in ({"predictor_order": 5}, {"tau": -1.0}, {"corrector_order": 0},
+                {"tau_sigma_min": 3.0, "tau_sigma_max": 1.0}):
+        with pytest.raises(UserError, match="sa_solver"):
+            get_solver("sa_solver", **bad)
