@@ -183,3 +183,126 @@ def test_sa_solver_bad_options_exit_2():
                 {"tau_sigma_min": 3.0, "tau_sigma_max": 1.0}):
         with pytest.raises(UserError, match="sa_solver"):
             get_solver("sa_solver", **bad)
+
+
+# --- lcm, tcd -----------------------------------------------------------------------------------
+
+def _discrete_problem(scheduler):
+    """The GMM on a ``DiscreteVPSchedule`` of the scheduler's alphas_cumprod (float64), where
+    training timestep k sits at t = (k + 1)/1000, and the scheduler's timesteps as times."""
+    from samplerbench.models.adapters_diffusers import DiscreteVPSchedule
+    from samplerbench.models.gmm import GMMDenoiser
+
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+    scheduler.final_alpha_cumprod = torch.as_tensor(scheduler.final_alpha_cumprod,
+                                                    dtype=torch.float64)
+    base = _model("gmm64-vp")
+    sched = DiscreteVPSchedule(scheduler.alphas_cumprod)
+    den = GMMDenoiser(base.mixture, sched, base.data_shape)
+    t = (scheduler.timesteps.to(torch.float64) + 1.0) / scheduler.config.num_train_timesteps
+    x = float(sched.sigma(t[0])) * initial_noise([0, 1, 2], den.data_shape)
+    return den, t, x
+
+
+def _drive_discrete(scheduler, module, den, t, x, **step_kw):
+    draws = _Draws(x.shape, len(t))
+    module.randn_tensor = draws
+    for i, ts in enumerate(scheduler.timesteps):
+        tt = t[i].expand(x.shape[0])
+        a, s = float(den.schedule.alpha(t[i])), float(den.schedule.sigma(t[i]))
+        eps = (x - a * den(x, tt)) / s
+        x = scheduler.step(eps, ts, x, **step_kw).prev_sample
+    return x, draws.i
+
+
+def _ours(name, den, t, x, final, **params):
+    grid = Grid(t=torch.cat([t, t.new_zeros(1)]) if final == "zero" else t, name="list",
+                final=final)
+    solver = get_solver(name, **params)
+    draws = _Draws(x.shape, len(t))
+    sol = solver.solve(solver.make_dynamics(den), x.clone(), grid, draws)
+    assert sol.status == "ok" and sol.nfe == solver.declared_nfe(grid)
+    return sol, draws.i
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_lcm_matches_diffusers(monkeypatch, steps):
+    """diffusers' last step returns ``denoised``: our ``final="zero"`` grid.  Its boundary
+    scalings switched off (timestep_scaling = 1e9): equal to rounding; at the default (10) they
+    move the result by less than 1e-5."""
+    diffusers = pytest.importorskip("diffusers")
+    import diffusers.schedulers.scheduling_lcm as mod
+
+    monkeypatch.setattr(mod, "randn_tensor", mod.randn_tensor)     # restored after the test
+    results = {}
+    for scaling in (1e9, 10.0):
+        s = diffusers.LCMScheduler(timestep_scaling=scaling)
+        s.set_timesteps(steps)
+        den, t, x = _discrete_problem(s)
+        results[scaling], calls = _drive_discrete(s, mod, den, t, x.clone())
+        assert calls == steps - 1
+    sol, calls = _ours("lcm", den, t, x, "zero")
+    assert calls == steps - 1
+    assert _rel(sol.x, results[1e9]) < 1e-12, _rel(sol.x, results[1e9])
+    assert 0 < _rel(sol.x, results[10.0]) < 1e-5, _rel(sol.x, results[10.0])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("steps", [2, 4, 8])
+@pytest.mark.parametrize("gamma", [0.3, 0.0, 0.5, 0.8])
+def test_tcd_matches_diffusers(monkeypatch, steps, gamma):
+    """Timesteps 20 m - 1 (original_inference_steps = 50) and (1 - gamma) 20 integer: diffusers'
+    floor((1 - gamma) k') is our s = (1 - gamma) t1 exactly.  diffusers' last step is the
+    DDIM step to timestep 0, our ``final="t_min"`` grid ending at t = 1/1000."""
+    diffusers = pytest.importorskip("diffusers")
+    import diffusers.schedulers.scheduling_tcd as mod
+
+    monkeypatch.setattr(mod, "randn_tensor", mod.randn_tensor)
+    s = diffusers.TCDScheduler()
+    s.set_timesteps(steps)
+    assert all((int(k) + 1) % 20 == 0 for k in s.timesteps)
+    den, t, x = _discrete_problem(s)
+    theirs, calls = _drive_discrete(s, mod, den, t, x.clone(), eta=gamma)
+    sol, ours_calls = _ours("tcd", den, torch.cat([t, t.new_tensor([1e-3])]), x, "t_min",
+                            gamma=gamma)
+    assert ours_calls == calls == (steps - 1 if gamma > 0 else 0)
+    assert _rel(sol.x, theirs) < 1e-10, _rel(sol.x, theirs)
+
+
+def test_tcd_limits_are_lcm_and_ddim():
+    den = _model("gmm64")
+    for final in ("zero", "t_min"):
+        g = make_grid("karras", den.schedule, 6, final=final)
+        x = float(den.schedule.sigma(g.t_start)) * initial_noise([0, 1], den.data_shape)
+        runs = {}
+        for name, params in [("tcd", {"gamma": 1.0}), ("lcm", {}), ("tcd", {"gamma": 0.0}),
+                             ("ddim", {})]:
+            solver = get_solver(name, **params)
+            runs[name, params.get("gamma")] = solver.solve(
+                solver.make_dynamics(den), x.clone(), g, _Draws(x.shape, 6)).x
+        assert _rel(runs["tcd", 0.0], runs["ddim", None]) < 1e-13
+        # gamma = 1 is LCM except on the last step of a t_min grid (no noise there)
+        d = _rel(runs["tcd", 1.0], runs["lcm", None])
+        assert (d < 1e-13) if final == "zero" else (d > 1e-3), (final, d)
+
+
+def test_lcm_is_not_a_convergent_sampler():
+    """On a non-distilled (exact) denoiser LCM re-noises posterior means, so its samples are
+    too narrow however many steps it takes: on gmm64 the mean per-dimension variance over the
+    data's is 0.50, 0.61, 0.64 at 32, 64, 256 steps, where euler_ancestral (a convergent
+    ancestral sampler, same draws) gives 0.75, 0.88, 0.99.  Checked at 32 steps (128 samples)."""
+    from samplerbench.solvers import make_noise
+
+    den = _model("gmm64")
+    true_var = float(den.mixture.covariance().diagonal().mean())
+    seeds = list(range(128))
+    g = make_grid("karras", den.schedule, 32)
+    x = float(den.schedule.sigma(g.t_start)) * initial_noise(seeds, den.data_shape)
+    var = {}
+    for name in ("lcm", "euler_ancestral"):
+        solver = get_solver(name)
+        out = solver.solve(solver.make_dynamics(den), x, g,
+                           make_noise("fresh", seeds, den.data_shape, g)).x
+        var[name] = float(out.var(0).mean()) / true_var
+    assert var["lcm"] < 0.6 and var["euler_ancestral"] > 0.7, var
