@@ -10,3 +10,4 @@ from samplerbench.solvers.diffusion import heunpp2, res_multistep  # noqa: F401 
 from samplerbench.solvers.diffusion import er_sde  # noqa: F401  (issue 16)
 from samplerbench.solvers.diffusion import sa_solver  # noqa: F401  (issue 16)
 from samplerbench.solvers.diffusion import consistency  # noqa: F401  (issue 16: lcm, tcd)
+from samplerbench.solvers.diffusion import restart  # noqa: F401  (issue 16)
