@@ -83,10 +83,11 @@ class TCD(Solver):
     Module docstring for what it is (and is not) on non-distilled models.
 
     Stochastic for gamma > 0 (``fresh`` or ``brownian``; no draw at gamma = 0: DDIM), 1 NFE per
-    step, no convergence order; gamma = 1 is ``lcm`` on ``final="zero"`` grids (tested).  Equals diffusers on a discrete VP
-    model whose timestep k sits at t = (k + 1)/1000 when (1 - gamma)(k + 1) is an integer for the
-    visited timesteps (e.g. the default gamma = 0.3 with the default original_inference_steps =
-    50, timesteps 20 m - 1): then diffusers' floor((1 - gamma) k) + 1 = (1 - gamma)(k + 1)."""
+    step, no convergence order; gamma = 1 is ``lcm`` on ``final="zero"`` grids (tested).
+    Equals diffusers on a discrete VP model whose timestep k sits at t = (k + 1)/1000 when
+    (1 - gamma)(k + 1) is an integer for the visited timesteps (e.g. the default gamma = 0.3
+    with the default original_inference_steps = 50, timesteps 20 m - 1): then diffusers'
+    floor((1 - gamma) k) + 1 = (1 - gamma)(k + 1)."""
 
     gamma: float = 0.3
 

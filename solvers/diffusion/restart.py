@@ -54,8 +54,10 @@ class Restart(Solver):
     Stochastic (one draw per restart; ``fresh`` draws anew, ``brownian`` uses the normalised path
     increments over ``restart_times`` equal geometric parts of the interval's time span, which
     are disjoint and so independent), NFE: 2 per Heun step (1 on the denoise step), plus
-    2 (restart_steps - 1) per restart -- variable, so ``stages`` is None and the count is read
-    from the counter; the message says how many restarts ran.  No convergence order: a restart
+    2 (restart_steps - 1) per restart.  ``stages`` = 2 counts the main steps; where the restarts
+    go depends on the schedule (sigma/alpha), which a grid alone does not carry, so
+    ``declared_nfe`` is None unless ``restart_times`` = 0 (the count is read from the counter
+    and tested against edm_heun's plus the restarts'); the message says how many ran.  No convergence order: a restart
     moves the sample off the ODE path it started on; what it preserves is the distribution
     (tested on gmm2d against the exact mixture moments, with s_noise = 0 as a failing control).
     ``s_noise`` scales the re-noising (ComfyUI's)."""
@@ -68,7 +70,7 @@ class Restart(Solver):
 
     name = "restart"
     kind = "sde"
-    stages = None
+    stages = 2                  # main steps; the restarts' calls come on top (declared_nfe)
     stochastic = True
     reference = ("Xu, Deng, Ziming, Tian & Jaakkola 2023, Restart Sampling for Improving "
                  "Generative Processes; ComfyUI sample_restart")
@@ -85,6 +87,9 @@ class Restart(Solver):
             raise ValueError(f"restart_times must be -1 (auto) or >= 0, got {self.restart_times!r}")
         if not (0 <= self.s_noise < math.inf):
             raise ValueError(f"s_noise must be a finite number >= 0, got {self.s_noise!r}")
+
+    def declared_nfe(self, grid) -> int | None:
+        return super().declared_nfe(grid) if self.restart_times == 0 else None
 
     def _config(self, n_points: int) -> tuple[int, int]:
         steps, times = (10, 2) if n_points >= 20 else (6, 1) if n_points >= 10 else (6, 0)
