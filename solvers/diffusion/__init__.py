@@ -8,3 +8,7 @@ from samplerbench.solvers.diffusion import dpm_adaptive, dpm_fast  # noqa: F401 
 from samplerbench.solvers.diffusion import pndm  # noqa: F401  (issue 16)
 from samplerbench.solvers.diffusion import heunpp2, res_multistep  # noqa: F401  (issue 16)
 from samplerbench.solvers.diffusion import er_sde  # noqa: F401  (issue 16)
+from samplerbench.solvers.diffusion import sa_solver  # noqa: F401  (issue 16)
+from samplerbench.solvers.diffusion import consistency  # noqa: F401  (issue 16: lcm, tcd)
+from samplerbench.solvers.diffusion import restart  # noqa: F401  (issue 16)
+from samplerbench.solvers.diffusion import gradient_estimation  # noqa: F401  (issue 16)
