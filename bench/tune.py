@@ -137,24 +137,46 @@ def _refined(points: torch.Tensor, schedule) -> torch.Tensor:
     return out
 
 
+_REFS: dict = {}               # (model, seeds, dtype, interval) -> (x_init, x_ref), this process
+
+
+def reference_endpoint(model: str, den, grid, first: int, count: int, dtype: str = "float64",
+                       device="cpu", need_ref: bool = True):
+    """(x_init, x_ref) of seeds ``first .. first + count - 1`` on ``grid``'s interval:
+    x_init = sigma(t_start) z (the harness's per-sample draws) and x_ref the float64 dopri8
+    reference endpoint (rtol = atol = 1e-10, with the denoise step of ``final="zero"``), as the
+    runner computes it; x_ref is None when not ``need_ref``.  Cached per process: the reference
+    depends only on the seeds and the interval, not on the solver or the interior points."""
+    key = (model, int(first), int(count), dtype, str(device), grid.t_start, grid.t_end,
+           grid.final)
+    hit = _REFS.get(key)
+    if hit is None or (need_ref and hit[1] is None):
+        z = initial_noise(sample_seeds(first, count), den.data_shape, dtype=DTYPES[dtype],
+                          device=device)
+        x_init = z * float(den.schedule.sigma(grid.t_start))
+        x_ref = None
+        if need_ref:
+            sol = reference_solve(get_solver("dopri8").make_dynamics(den), x_init.double().cpu(),
+                                  grid, rtol=REF_TOL, atol=REF_TOL)
+            if sol.status != "ok":
+                raise RuntimeError(f"reference solution failed: {sol.message}")
+            x_ref = sol.x
+        while len(_REFS) >= 64:
+            _REFS.pop(next(iter(_REFS)))
+        hit = _REFS[key] = (x_init, x_ref)
+    return hit
+
+
 class _Problem:
     """One model, solver and seed set: the per-seed objective of a grid's points."""
 
-    def __init__(self, den, solver, objective: str, x_init: torch.Tensor, ref_grid,
-                 want_reference: bool):
+    def __init__(self, den, solver, objective: str, x_init: torch.Tensor,
+                 x_ref: torch.Tensor | None):
         self.den, self.solver, self.objective = den, solver, objective
         self.dyn = solver.make_dynamics(den)
-        self.x_init = x_init
+        self.x_init, self.x_ref = x_init, x_ref
         self.evals = 0
         self.nfe = 0
-        self.x_ref = None
-        if objective == "reference" or want_reference:
-            sol = reference_solve(get_solver("dopri8").make_dynamics(den), x_init.double(),
-                                  ref_grid, rtol=REF_TOL, atol=REF_TOL)
-            if sol.status != "ok":
-                raise RuntimeError(f"reference solution failed: {sol.message}")
-            self.x_ref = sol.x
-            self.ref_nfe = int(sol.nfe)
 
     def _solve(self, points: torch.Tensor):
         grid = make_grid("list", self.den.schedule, points.numel(), final="zero",
@@ -225,8 +247,9 @@ def _positive_int(field, v, lo=1):
 def check_tune_args(model: str, solver: str, steps: int | None, nfe: int | None,
                     seeds_cal: int, seeds_eval: int, fix_ends: bool, objective: str,
                     optimizer: str, solver_opts: dict | None, init: str, init_params: dict | None,
-                    dtype: str | None, maxfev: int | None):
-    """Validate everything that needs no solve; returns (den, solver, start grid, steps, nfe)."""
+                    dtype: str | None, maxfev: int | None, den=None):
+    """Validate everything that needs no solve; returns (den, solver, start grid, steps).
+    ``den``: the model already loaded (else loaded from ``model``)."""
     if objective not in OBJECTIVES:
         raise UserError("--objective", objective, OBJECTIVES)
     if optimizer not in OPTIMIZERS:
@@ -247,7 +270,7 @@ def check_tune_args(model: str, solver: str, steps: int | None, nfe: int | None,
                         + ("; --free-ends also moves the last one" if fix_ends else ""))
     if nfe is not None:
         _positive_int("--nfe", nfe)
-    den = load_model(model)
+    den = load_model(model) if den is None else den
     s = get_solver(solver, **(solver_opts or {}))
     if s.adaptive or s.stages is None:
         raise UserError("SOLVER", solver, hint="tune-grid needs a fixed-step solver (an adaptive "
@@ -278,11 +301,12 @@ def tune_grid(model: str, solver: str, steps: int | None = None, nfe: int | None
               objective: str = "auto", optimizer: str = "nelder-mead",
               solver_opts: dict | None = None, init: str = AUTO, init_params: dict | None = None,
               dtype: str | None = None, maxfev: int | None = None, device: str = "cpu",
-              log=None) -> dict:
+              log=None, den=None) -> dict:
     """Tune the grid (module docstring) and evaluate it on held-out seeds.  Returns the grid spec
     to write: ``{"name": "list", "values": [N positive times], "space": "t", "metadata": ...}``.
     ``objective="auto"``: ``reference`` on analytic models, ``refine`` on trained networks.
-    ``dtype``: the solver state's (default float64 on analytic models, float32 otherwise)."""
+    ``dtype``: the solver state's (default float64 on analytic models, float32 otherwise).
+    ``den``: the model ``model`` names, already loaded (a table of many cells loads it once)."""
     from scipy.optimize import minimize
 
     from samplerbench.bench.env import git_sha
@@ -290,7 +314,7 @@ def tune_grid(model: str, solver: str, steps: int | None = None, nfe: int | None
 
     den, s, start, steps = check_tune_args(model, solver, steps, nfe, seeds_cal, seeds_eval,
                                            fix_ends, objective, optimizer, solver_opts, init,
-                                           init_params, dtype, maxfev)
+                                           init_params, dtype, maxfev, den)
     analytic = is_analytic(model)
     objective = ("reference" if analytic else "refine") if objective == "auto" else objective
     dtype = dtype or ("float64" if analytic else "float32")
@@ -301,12 +325,11 @@ def tune_grid(model: str, solver: str, steps: int | None = None, nfe: int | None
     n = steps                                      # positive points (final="zero")
     start_pts = start.t[:-1].clone()
     param = GridParams(den.schedule, start.t_start, start.t_end, n, fix_ends)
-    sigma0 = float(den.schedule.sigma(start.t_start))
 
     def problem(first, count, want_ref):
-        z = initial_noise(sample_seeds(first, count), den.data_shape, dtype=DTYPES[dtype],
-                          device=dev)
-        return _Problem(den, s, objective, z * sigma0, start, want_ref)
+        x_init, x_ref = reference_endpoint(model, den, start, first, count, dtype, dev,
+                                           need_ref=objective == "reference" or want_ref)
+        return _Problem(den, s, objective, x_init, x_ref)
 
     cal_seeds = (int(seed), int(seed) + seeds_cal)
     eval_seeds = (cal_seeds[1], cal_seeds[1] + seeds_eval)         # disjoint by construction
