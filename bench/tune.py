@@ -59,7 +59,7 @@ from samplerbench.models.errors import UserError
 from samplerbench.models.zoo import is_analytic, load_model
 from samplerbench.solvers import get_solver, initial_noise
 from samplerbench.solvers.classical.adaptive import reference_solve
-from samplerbench.solvers.grids import AUTO, make_grid, make_model_grid, resolve_grid
+from samplerbench.solvers.grids import AUTO, make_grid, resolve_grid
 from samplerbench.solvers.noise import sample_seeds
 
 OBJECTIVES = ("auto", "reference", "refine")
@@ -265,9 +265,10 @@ def check_tune_args(model: str, solver: str, steps: int | None, nfe: int | None,
     lo = 3 if fix_ends else 2
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
                               or steps < lo):
-        raise UserError("--steps", steps, hint=f"at least {lo} with {'fixed' if fix_ends else 'free'}"
-                        f" ends: N steps have N - 2 interior points to move (then t = 0)"
-                        + ("; --free-ends also moves the last one" if fix_ends else ""))
+        raise UserError("--steps", steps, hint=(
+            "at least 3 with fixed ends: N steps have N - 2 interior points to move (then t = 0;"
+            " --free-ends also moves the last point, from N = 2)" if fix_ends else
+            "at least 2 with --free-ends: the last positive point moves (then t = 0)"))
     if nfe is not None:
         _positive_int("--nfe", nfe)
     den = load_model(model) if den is None else den

@@ -30,7 +30,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -192,7 +191,8 @@ def main(argv=None) -> int:
         header = (f"Held-out err_rms ({args.seeds_eval} seeds after {args.seeds_cal} calibration "
                   f"seeds; mean ± jackknife se over seed blocks), tuned by `tune-grid` "
                   f"(reference objective, Nelder-Mead) vs fixed grids; bold: lowest; †: another "
-                  f"start, so another x_init and reference (not like-for-like, never bold). {len(rows)} cells, {total:.0f} s.\n")
+                  f"start, so another x_init and reference (not like-for-like, never bold). "
+                  f"{len(rows)} cells, {total:.0f} s.\n")
         from samplerbench.bench.store import atomic_write_text
 
         out.parent.mkdir(parents=True, exist_ok=True)

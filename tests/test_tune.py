@@ -142,3 +142,23 @@ def test_metadata_key_is_not_a_grid_parameter(tmp_path):
     f.write_text(json.dumps({"name": "list", "values": [80, 1], "meta": {}}))
     with pytest.raises(Exception, match="meta"):
         load_grid_file(f"@{f}")
+
+
+def test_tune_table_cell_and_markdown():
+    """One cell of bench/tune_table.py: the paired difference is tuned - karras on the same
+    held-out seeds, beta (which starts at t = 1 on rectified flow, karras at 80/81) is flagged and
+    never bold, logsnr (same interval) is not flagged."""
+    from samplerbench.bench.tune_table import markdown, table_cell
+
+    den = load_model("gmm2d-rf")
+    row = table_cell("gmm2d-rf", den, "euler", 4, ["beta", "logsnr"], 16, 32, maxfev=40)
+    e = row["errors"]
+    assert (row["steps"], row["nfe"], row["seeds_held_out"]) == (4, 4, {"first": 16, "count": 32})
+    assert e["tuned"]["diff"] == pytest.approx(e["tuned"]["mean"] - e["karras"]["mean"],
+                                               rel=1e-12)
+    assert e["logsnr"]["diff_se"] > 0
+    assert row["other_interval"] == ["beta"]
+    assert table_cell("gmm2d-rf", den, "heun", 4, [], 16, 32, maxfev=40) is None   # N = 2
+    md = markdown([row], ["beta", "logsnr"]).splitlines()
+    assert len(md) == 3 and md[2].count("|") == 10 and " †" in md[2]
+    assert "**" not in md[2].split("|")[8] and "†" in md[2].split("|")[8]    # beta
