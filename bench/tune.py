@@ -198,7 +198,7 @@ class _Problem:
             if x is None:
                 return None
             if objective == "reference":
-                return per_sample_rms(x, self.x_ref)
+                return per_sample_rms(x, self.x_ref.to(x.device))
             x2 = self._solve(_refined(points, self.den.schedule))
             return None if x2 is None else per_sample_rms(x, x2)
         except UserError:          # e.g. points that collapse in float rounding
