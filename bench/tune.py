@@ -23,7 +23,8 @@ Objectives (``objective``), each a mean over the calibration seeds:
   approximates.
 * ``refine`` -- a proxy for trained networks where that reference on many seeds costs too much:
   the RMS distance between the N-step solve and the same solver on the same grid with every
-  interval halved in log(sigma/alpha) (2N - 1 steps), from the same x_init.  For a solver of order
+  interval halved in log(sigma/alpha) (2N - 1 steps), from the same x_init (with a free end, the
+  finer solve goes on down to t_min: stopping early counts as error).  For a solver of order
   p it estimates (1 - 2^-p) times the N-step error (Richardson), as Align Your Steps and GITS
   compare a coarse schedule against finer solves.  It costs about 3N model calls per evaluation
   and no reference; the reference objective costs N calls per evaluation plus one dopri8 solve
@@ -128,12 +129,15 @@ class GridParams:
 # objectives
 # --------------------------------------------------------------------------------------------
 
-def _refined(points: torch.Tensor, schedule) -> torch.Tensor:
-    """The grid points with every interval halved in log(sigma/alpha)."""
+def _refined(points: torch.Tensor, schedule, t_end: float | None = None) -> torch.Tensor:
+    """The grid points with every interval halved in log(sigma/alpha); with ``t_end`` below the
+    last point (a free end), continued down to ``t_end``, so that stopping early is an error."""
     u = torch.log(schedule.ratio(points))
     mid = schedule.t_from_ratio(torch.exp(0.5 * (u[:-1] + u[1:]))).to(torch.float64)
     out = torch.empty(2 * points.numel() - 1, dtype=torch.float64)
     out[0::2], out[1::2] = points, mid
+    if t_end is not None and t_end < float(points[-1]):
+        out = torch.cat([out, out.new_tensor([t_end])])
     return out
 
 
@@ -171,8 +175,9 @@ class _Problem:
     """One model, solver and seed set: the per-seed objective of a grid's points."""
 
     def __init__(self, den, solver, objective: str, x_init: torch.Tensor,
-                 x_ref: torch.Tensor | None):
+                 x_ref: torch.Tensor | None, t_end: float):
         self.den, self.solver, self.objective = den, solver, objective
+        self.t_end = t_end                      # the reference interval's end (the start grid's)
         self.dyn = solver.make_dynamics(den)
         self.x_init, self.x_ref = x_init, x_ref
         self.evals = 0
@@ -199,7 +204,7 @@ class _Problem:
                 return None
             if objective == "reference":
                 return per_sample_rms(x, self.x_ref.to(x.device))
-            x2 = self._solve(_refined(points, self.den.schedule))
+            x2 = self._solve(_refined(points, self.den.schedule, self.t_end))
             return None if x2 is None else per_sample_rms(x, x2)
         except UserError:          # e.g. points that collapse in float rounding
             return None
@@ -330,7 +335,7 @@ def tune_grid(model: str, solver: str, steps: int | None = None, nfe: int | None
     def problem(first, count, want_ref):
         x_init, x_ref = reference_endpoint(model, den, start, first, count, dtype, dev,
                                            need_ref=objective == "reference" or want_ref)
-        return _Problem(den, s, objective, x_init, x_ref)
+        return _Problem(den, s, objective, x_init, x_ref, start.t_end)
 
     cal_seeds = (int(seed), int(seed) + seeds_cal)
     eval_seeds = (cal_seeds[1], cal_seeds[1] + seeds_eval)         # disjoint by construction
