@@ -23,11 +23,13 @@ Each entry is the mean over held-out seeds +- its standard error (delete-one-blo
 (tuned - karras, per seed, same blocks) relative to karras, +- its standard error.  Cells with
 N < 3 (nothing interior to tune: Heun at 4 NFE) are left out.
 
-Cost (one core, measured at the defaults: 64 calibration + 256 held-out seeds, 150 evaluations
-per parameter + 150): dpmpp_2m at 10 NFE (8 parameters, 1352 evaluations) took ~15 s CPU on gmm2d
-and ~40 s on gmm64; a cell costs about (parameters + 1) x steps, so the four budgets 4-10 cost ~2x
-the 10-NFE cell.  The full default table (6 models x 5 solvers x 4 budgets, 114 cells) is ~30 min
-of CPU on one idle core (wall time grows with the machine's load); ``--maxfev`` caps it.
+Cost (one core, measured at the defaults: 64 calibration + 256 held-out seeds, at most 150
+evaluations per parameter + 150): dpmpp_2m at 10 NFE (8 parameters, all 1352 evaluations) took
+~15 s CPU on gmm2d and ~40 s on gmm64; gmm64 with euler and heun at 4-10 NFE (7 cells, Nelder-Mead
+converging early for both) took 54 s CPU together, including the model load and the 256-seed
+reference.  Extrapolated from these, the full default table (6 models x 5 solvers x 4 budgets,
+114 cells) is 20-30 min of CPU on one idle core; wall time grows with the machine's load (2.5-4x
+on the shared 2-core machine).  ``--maxfev`` caps it.
 """
 
 from __future__ import annotations
