@@ -30,6 +30,14 @@ EXAMPLES = """examples:
       --grid @my_grid.json --error on
   samplerbench report results/quick --format md,csv,html,parquet
   samplerbench check-solver dpmpp_2m
+  samplerbench tune-grid gmm64 dpmpp_2m --nfe 6 --out tuned.json
+"""
+
+TUNE_EXAMPLES = """examples:
+  samplerbench tune-grid gmm64 dpmpp_2m --nfe 6 --out tuned.json
+  samplerbench sample gmm64 dpmpp_2m --steps 6 --grid @tuned.json --out x.npz
+  samplerbench tune-grid gmm2d heun --steps 5 --free-ends --seeds-cal 128 --out heun5.json
+  samplerbench tune-grid moons-rf euler --steps 8 --objective refine --out moons8.json
 """
 
 
@@ -260,6 +268,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_tune_grid(args) -> int:
+    from samplerbench.bench.store import check_out_file
+    from samplerbench.bench.tune import summary_lines, tune_grid, write_grid_spec
+
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise UserError("--out", args.out, hint="the grid spec file must end in .json")
+    check_out_file(out, "--out")                 # before any solve
+    log = (lambda msg: None) if args.quiet else \
+        (lambda msg: print(f"tune-grid: {msg}", file=sys.stderr, flush=True))
+    spec = tune_grid(args.model, args.solver, steps=args.steps, nfe=args.nfe,
+                     seeds_cal=args.seeds_cal, seeds_eval=args.seeds_eval, seed=args.seed,
+                     fix_ends=args.fix_ends, objective=args.objective, optimizer=args.optimizer,
+                     solver_opts=_kv(args.solver_opt, "--solver-opt"), init=args.init,
+                     init_params=_grid_opts(args.init_opt), dtype=args.dtype,
+                     maxfev=args.maxfev, device=args.device, log=log)
+    write_grid_spec(spec, out)
+    print("\n".join(summary_lines(spec)))
+    print(f"wrote {out}: use --grid @{out} --steps {spec['metadata']['steps']}")
+    return 0
+
+
 def trainable() -> dict:
     """Names `samplerbench train` reproduces -> a function(out_dir, seed) -> checkpoint path."""
     from samplerbench.bench.fid import FEATURES_NAME, train_features
@@ -430,6 +460,43 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     sm.add_argument("--out", required=True, help="output .npz")
     sm.set_defaults(fn=cmd_sample)
+
+    tg = sub.add_parser("tune-grid", help="optimise an N-step grid's interior points for a "
+                        "model and solver; writes a grid spec for --grid @FILE.json",
+                        epilog=TUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tg.add_argument("model")
+    tg.add_argument("solver", help="a deterministic fixed-step solver")
+    budget = tg.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=_count, help="steps N (N positive points, then t = 0)")
+    budget.add_argument("--nfe", type=_count, help="an NFE budget: the largest N within it")
+    tg.add_argument("--out", required=True, help="output grid spec (.json)")
+    tg.add_argument("--seeds-cal", type=_count, default=64,
+                    help="calibration seeds, from --seed (default 64)")
+    tg.add_argument("--seeds-eval", type=_count, default=64,
+                    help="held-out seeds, right after the calibration ones (default 64)")
+    tg.add_argument("--seed", type=_count, default=0, help="first calibration seed (default 0)")
+    ends = tg.add_mutually_exclusive_group()
+    ends.add_argument("--fix-ends", dest="fix_ends", action="store_true", default=True,
+                      help="keep the first and last points of the start grid (default)")
+    ends.add_argument("--free-ends", dest="fix_ends", action="store_false",
+                      help="also move the last positive point (above t_min)")
+    tg.add_argument("--objective", default="auto", choices=["auto", "reference", "refine"],
+                    help="reference: err_rms against the float64 reference; refine: distance "
+                    "to a 2x-finer solve on the same grid (a proxy without a reference); auto "
+                    "(default): reference on analytic models, refine on trained networks")
+    tg.add_argument("--optimizer", default="nelder-mead", choices=["nelder-mead", "powell"])
+    tg.add_argument("--maxfev", type=_count, help="objective evaluations at most "
+                    "(default 150 per parameter + 150)")
+    tg.add_argument("--init", default="auto", help="start grid (default auto: the model's "
+                    "recommended grid, else karras); its ends are kept")
+    tg.add_argument("--init-opt", action="append", metavar="KEY=VALUE",
+                    help="repeatable: a parameter of the start grid, e.g. rho=5")
+    tg.add_argument("--solver-opt", action="append", metavar="KEY=VALUE")
+    tg.add_argument("--dtype", choices=["float32", "float64"],
+                    help="solver state (default float64 on analytic models, else float32)")
+    tg.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    tg.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    tg.set_defaults(fn=cmd_tune_grid)
 
     tr = sub.add_parser("train", help="reproduce a shipped checkpoint from its fixed seed",
                         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -539,9 +539,13 @@ def make_model_grid(denoiser, name: str, steps: int, final: str = "zero", **para
     return make_grid(name, denoiser.schedule, steps, final=final, **params)
 
 
+GRID_FILE_METADATA = "metadata"     # a grid file's provenance (tune-grid's); never a parameter
+
+
 def load_grid_file(path, field: str = "--grid", base=None) -> tuple[str, dict]:
     """A grid spec from a JSON file: ``{"name": "list", "values": [...], "space": "t"}`` or any
-    grid with its parameters (what ``tune-grid`` writes).  ``path`` may carry the ``@`` of the
+    grid with its parameters (what ``tune-grid`` writes); a ``"metadata"`` object (tune-grid's
+    provenance and errors) is ignored.  ``path`` may carry the ``@`` of the
     command line; a relative path is taken from ``base`` (a spec file's folder) when given.  A
     missing or unreadable file, bad JSON, an unknown grid name or a parameter the grid does not
     take raise ``UserError`` naming the file; parameter values are checked when the grid is
@@ -573,6 +577,7 @@ def load_grid_file(path, field: str = "--grid", base=None) -> tuple[str, dict]:
                         hint='expected a JSON object with a grid "name", e.g. {"name": "list", '
                              '"values": [80, 10, 1, 0.1], "space": "ratio"}')
     name = doc["name"]
+    doc = {k: v for k, v in doc.items() if k != GRID_FILE_METADATA}    # provenance, not params
     if name not in _GRIDS:
         raise UserError(f"{where}: grid", name, available_grids())
     params = {k: v for k, v in doc.items() if k != "name"}
