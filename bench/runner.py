@@ -194,8 +194,9 @@ class Runner:
         tmp.replace(path)
 
     def model(self, name: str):
-        if name not in self._models:
-            self._models[name] = load_model(name)
+        if name not in self._models:      # parse_spec loaded it to validate the spec: reuse it
+            loaded = getattr(self.spec, "loaded", None) or {}
+            self._models[name] = loaded[name] if name in loaded else load_model(name)
         return self._models[name]
 
     def _x_init(self, den, grid, cell: Cell) -> torch.Tensor:
