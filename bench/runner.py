@@ -27,8 +27,9 @@ from samplerbench.bench.metrics import (PeakMemory, error_metrics, nonconv, stro
 from samplerbench.bench.quality import QualityMetrics
 from samplerbench.bench.progress import Progress
 from samplerbench.bench.spec import NamedParams, Spec
-from samplerbench.bench.store import (BUDGET_MESSAGE, RowStore, latest_rows, load_tensors,
-                                      read_rows, save_tensors)
+from samplerbench.bench.store import (BUDGET_MESSAGE, RowStore, atomic_write_text,
+                                      latest_rows, load_tensors, read_rows,
+                                      remove_partial_files, save_tensors)
 from samplerbench.models.denoiser import (CastDenoiser, CompiledDenoiser, NFEBudgetExceeded,
                              TimedDenoiser)
 from samplerbench.models.errors import UserError
@@ -189,9 +190,7 @@ class Runner:
         doc = {"spec": self.spec.to_dict(), "spec_digest": self.spec.digest(),
                "environment": environment(str(self.device)), "invocations": invocations,
                "row_schema": "shared/DESIGN.md#cli-contract"}
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2, default=str))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(doc, indent=2, default=str))
 
     def model(self, name: str):
         if name not in self._models:      # parse_spec loaded it to validate the spec: reuse it
@@ -529,6 +528,18 @@ class Runner:
         fh.flush()
         return fh
 
+    def _remove_partial_files(self) -> None:
+        """Temporaries of a run killed inside a write (a cache, run.json): removed, with one
+        warning line (this process holds the lock, so no writer is alive)."""
+        import sys
+
+        gone = [f"cache/{n}" for n in remove_partial_files(self.out / "cache")]
+        gone = remove_partial_files(self.out) + gone
+        if gone:
+            print(f"samplerbench: warning: {self.out}: removed {len(gone)} partial "
+                  f"file{'s' * (len(gone) != 1)} left by an interrupted run "
+                  f"({', '.join(gone)})", file=sys.stderr)
+
     def run(self) -> dict:
         cells = expand_cells(self.spec, str(self.device.type))
         lock = None
@@ -551,6 +562,7 @@ class Runner:
         if main:
             if not self.resume and self.store.path.exists():
                 self.store.path.unlink()
+            self._remove_partial_files()
             self.store.repair()
             done = self.store.done_ids(self.spec.max_nfe, cells) if self.resume else set()
             # cells of solvers named by --recompute run again (a fix, a new status rule); their

@@ -226,6 +226,23 @@ def atomic_open(path: str | Path, mode: str = "wb", **kw):
         raise
 
 
+def remove_partial_files(folder: str | Path) -> list[str]:
+    """Delete the temporaries :func:`atomic_open` leaves in ``folder`` when a process is killed
+    inside a write (``.NAME.XXXXXXXX.tmp``; also ``run.json.tmp`` of older versions) and return
+    their names.  Call it only while holding the folder's run lock: then no writer is alive."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = []
+    for f in sorted(folder.iterdir()):
+        if (f.name.startswith(".") and f.name.endswith(".tmp")) or f.name == "run.json.tmp":
+            with contextlib.suppress(OSError):
+                if f.is_file():
+                    f.unlink()
+                    gone.append(f.name)
+    return gone
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)

@@ -64,3 +64,198 @@ def test_a_run_loads_each_model_once(tmp_path, monkeypatch):
     # the loaded models are not part of the spec's record
     doc = json.loads((tmp_path / "o2" / "run.json").read_text())
     assert "loaded" not in doc["spec"]
+
+
+# ------------------------------------------------------------------------------------------------
+# a kill at any point of a digits run, inside a cache write included
+# ------------------------------------------------------------------------------------------------
+
+DIGITS = """
+name = "killed"
+models = ["digits-ideal"]
+solvers = ["euler", "dpmpp_2m"]
+steps = [2]
+samples = 16
+threads = 1
+[reference]
+rtol = 1e-5
+atol = 1e-5
+[metrics]
+kid = true
+[timing]
+warmup = 0
+repeats = 1
+"""
+# what differs between two runs of the same cells: timings and memory
+VOLATILE = {"wall_s", "model_s", "overhead_s", "decode_s", "time_per_sample_s", "peak_mem_bytes"}
+
+
+def _rows(out: Path) -> dict:
+    from samplerbench.bench.runner import rows
+
+    return {r["case_id"]: {k: v for k, v in r.items() if k not in VOLATILE} for r in rows(out)}
+
+
+def _caches(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {f.name: load_file(str(f)) for f in (out / "cache").iterdir()}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """The spec and the rows, cache files and run.json keys of an uninterrupted run."""
+    d = tmp_path_factory.mktemp("digits")
+    spec = d / "k.toml"
+    spec.write_text(DIGITS)
+    assert main(["run", str(spec), "--out", str(d / "whole"), "--quiet"]) == 0
+    caches = _caches(d / "whole")
+    assert sorted(n.split("-")[0] for n in caches) == ["fidref", "kidref", "ref"]
+    rows = _rows(d / "whole")
+    assert len(rows) == 2 and all(r["status"] == "ok" and r["kid"] is not None
+                                  for r in rows.values())
+    return spec, rows, caches
+
+
+class Killed(BaseException):
+    """What SIGKILL does to the Python code that runs: nothing after it (no handler sees it)."""
+
+
+def _kill_at(monkeypatch, target: str):
+    """Make the first write of a run to ``target`` (a file name prefix: "run.json", "ref-",
+    "fidref-", "kidref-"; or "row 1", "row 2") die half-way, leaving what a kill would: for an
+    atomic write its temporary beside the target, and -- as an older, non-atomic writer would
+    have -- the first half of the file under the target's name; for a row, half a line."""
+    import contextlib
+    import io
+
+    import samplerbench.bench.store as store
+
+    real_open, real_append = store.atomic_open, store.RowStore.append
+    rows = [0]
+
+    @contextlib.contextmanager
+    def atomic_open(path, mode="wb", **kw):
+        buf = io.BytesIO() if "b" in mode else io.StringIO()
+        yield buf
+        data = buf.getvalue()
+        data = data if isinstance(data, bytes) else data.encode()
+        path = Path(path)
+        if path.name.startswith(target):
+            (path.parent / f".{path.name}.k1ll3d.tmp").write_bytes(data[: len(data) // 2])
+            path.write_bytes(data[: len(data) // 2])
+            raise Killed(target)
+        with real_open(path, "wb") as f:
+            f.write(data)
+
+    def append(self, row):
+        rows[0] += 1
+        if target == f"row {rows[0]}":
+            line = json.dumps(row)
+            with open(self.path, "a") as f:
+                f.write(line[: len(line) // 2])
+            raise Killed(target)
+        real_append(self, row)
+
+    monkeypatch.setattr(store, "atomic_open", atomic_open)
+    monkeypatch.setattr(store.RowStore, "append", append)
+
+
+def test_a_kill_in_every_write_then_a_rerun_gives_the_rows_of_an_uninterrupted_run(
+        digits_run, tmp_path, monkeypatch, capsys, recwarn):
+    """Killed inside each write in turn (run.json, the ODE reference cache, the FID and KID
+    reference caches, the first row, the second row), each time in the rerun of the folder the
+    previous kill left; then a plain rerun completes it: equal rows, equal caches, no debris."""
+    spec, want, caches = digits_run
+    out = tmp_path / "o"
+    targets = ("run.json", "ref-", "fidref-", "kidref-", "row 1", "row 2", None)
+    for before, target in zip((None,) + targets, targets):
+        capsys.readouterr()
+        recwarn.clear()
+        if target is None:                                  # the plain rerun
+            assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+        else:
+            with monkeypatch.context() as m:
+                _kill_at(m, target)
+                with pytest.raises(Killed):
+                    main(["run", str(spec), "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        unreadable = [str(w.message) for w in recwarn if "unreadable" in str(w.message)]
+        if before is None or before.startswith("row"):   # a torn row is cut silently
+            assert "partial file" not in err and not unreadable, (target, err, unreadable)
+        else:                       # the temporary is removed, the truncated file recomputed
+            assert "removed 1 partial file left by an interrupted run" in err, (target, err)
+            assert f".{before}" in err
+            if before != "run.json":
+                assert len(unreadable) == 1 and f"/{before}" in unreadable[0], unreadable
+        if target == "row 2":
+            assert len((out / "rows.jsonl").read_text().splitlines()) == 2   # a row, a torn one
+    assert _rows(out) == want
+    got = _caches(out)
+    assert got.keys() == caches.keys()
+    for name, tensors in caches.items():           # the same tensors, bit for bit
+        assert got[name].keys() == tensors.keys()
+        assert all(torch.equal(got[name][k], v) for k, v in tensors.items()), name
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "cache", "rows.jsonl", "run.json"]
+    assert json.loads((out / "run.json").read_text())["spec"]["name"] == "killed"
+
+
+KILLER = """
+import os, signal, sys
+import samplerbench.bench.store as store
+from samplerbench.bench.cli import main
+
+target = os.environ["KILL_IN"]
+real_write, real_append = store.atomic_write_bytes, store.RowStore.append
+rows = [0]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def atomic_write_bytes(path, data):
+    if os.path.basename(path).startswith(target):      # SIGKILL inside the real atomic write
+        with store.atomic_open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            die()
+    real_write(path, data)
+
+def append(self, row):
+    rows[0] += 1
+    if target == f"row {rows[0]}":                       # SIGKILL before the row is written
+        die()
+    real_append(self, row)
+
+store.atomic_write_bytes = atomic_write_bytes
+store.RowStore.append = append
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_inside_cache_writes_and_between_rows_then_rerun(digits_run, tmp_path, capsys):
+    """Real SIGKILLs of `samplerbench run` on a digits model: inside the atomic write of the ODE
+    reference cache, then (in the rerun) after the first row; the next rerun (no clean-up by
+    hand) gives the rows and caches of an uninterrupted run.  (Every other write is killed in
+    the test above, in-process: each subprocess costs seconds of imports.)"""
+    spec, want, caches = digits_run
+    out = tmp_path / "o"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    for target in ("ref-", "row 2"):
+        p = subprocess.run([sys.executable, "-c", KILLER, "run", str(spec), "--out", str(out),
+                            "--quiet"], cwd=ROOT, env=dict(env, KILL_IN=target),
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == -signal.SIGKILL, (target, p.returncode, p.stderr[-2000:])
+        if target != "row 2":          # killed inside the write: its temporary is left
+            left = [f.name for f in (out / "cache").iterdir() if f.name.endswith(".tmp")]
+            assert len(left) == 1 and left[0].startswith(f".{target}"), left
+            assert not any(f.name.startswith(target) for f in (out / "cache").iterdir())
+    assert len((out / "rows.jsonl").read_text().splitlines()) == 1
+    capsys.readouterr()
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    assert "1 reused, 1 computed" in capsys.readouterr().out
+    assert _rows(out) == want
+    got = _caches(out)
+    assert got.keys() == caches.keys()
+    for name, tensors in caches.items():
+        assert all(torch.equal(got[name][k], v) for k, v in tensors.items()), name
+    assert not [f for f in (out / "cache").iterdir() if f.name.endswith(".tmp")]
