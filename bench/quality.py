@@ -103,9 +103,9 @@ class QualityMetrics:
             mixture = getattr(den, "mixture", None)
             dataset = getattr(den, "dataset", None)
             if mixture is not None:
-                d = mixture.mean().numel()
+                d = mixture.dim              # tr(cov) in O(K d): no d x d matrix
                 v = float((mixture.mean().double().pow(2).sum()
-                           + torch.trace(mixture.covariance().double())) / d) ** 0.5
+                           + mixture.trace_covariance()) / d) ** 0.5
             elif getattr(den, "data", None) is not None:
                 v = float(den.data.double().pow(2).mean().sqrt())
             elif dataset == "digits":

@@ -67,6 +67,117 @@ def test_a_run_loads_each_model_once(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
+# diagonal mixtures stay diagonal (gmm: files with stds, any dimension)
+# ------------------------------------------------------------------------------------------------
+
+def _dense_denoiser(w, mu, var, a, sigma, x):
+    """E[x0 | x_t] from the textbook formula with dense d x d matrices (float64)."""
+    w = w / w.sum()
+    K, d = mu.shape
+    logp, means = [], []
+    for k in range(K):
+        C = torch.diag(var[k])
+        S = a**2 * C + sigma**2 * torch.eye(d, dtype=torch.float64)
+        dist = torch.distributions.MultivariateNormal(a * mu[k], S)
+        logp.append(w[k].log() + dist.log_prob(x))
+        means.append(mu[k] + (a * C @ torch.linalg.solve(S, (x - a * mu[k]).T)).T)
+    r = torch.softmax(torch.stack(logp, 1), 1)
+    return torch.einsum("bk,kbd->bd", r, torch.stack(means))
+
+
+def _big_tensors(obj, limit: int) -> list[str]:
+    """Names of tensors with at least ``limit`` elements held by ``obj`` (attributes, and the
+    tuples / dicts in them, one level deep)."""
+    found = []
+    for name, v in vars(obj).items():
+        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(
+            v, (tuple, list)) else [(None, v)]
+        for key, item in items:
+            for t in (item if isinstance(item, tuple) else (item,)):
+                if isinstance(t, torch.Tensor) and t.numel() >= limit:
+                    found.append(f"{name}[{key}]")
+    return found
+
+
+@pytest.mark.parametrize("per_coordinate", [False, True])
+def test_diagonal_mixture_equals_the_dense_formula(per_coordinate, tmp_path):
+    from samplerbench.models.zoo import load_model
+
+    g = torch.Generator().manual_seed(3)
+    K, d = 3, 5
+    w = torch.rand(K, generator=g, dtype=torch.float64) + 0.2
+    mu = torch.randn(K, d, generator=g, dtype=torch.float64)
+    std = (torch.rand(K, d, generator=g, dtype=torch.float64) + 0.3 if per_coordinate else
+           torch.rand(K, generator=g, dtype=torch.float64) + 0.3)
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps({"weights": w.tolist(), "means": mu.tolist(),
+                             "stds": std.tolist()}))
+    den = load_model(f"gmm:{f}")
+    assert den.mixture.diagonal and den.mixture.eigvecs is None
+    var = (std[:, None] if std.ndim == 1 else std).expand(K, d) ** 2
+    x = 2 * torch.randn(6, d, generator=g, dtype=torch.float64)
+    for t in (0.01, 0.3, 2.0, 30.0):
+        tt = torch.tensor(t, dtype=torch.float64)
+        a, s = float(den.schedule.alpha(tt)), float(den.schedule.sigma(tt))
+        got = den(x, torch.full((6,), t, dtype=torch.float64))
+        want = _dense_denoiser(w, mu, var, a, s, x)
+        assert (got - want).abs().max().item() < 1e-12, t
+    # the same mixture given with dense covariances: the eigenbasis path agrees
+    from samplerbench.models.gmm import GaussianMixture, GMMDenoiser
+
+    dense = GMMDenoiser(GaussianMixture(w, mu, torch.diag_embed(var)), den.schedule)
+    t = torch.tensor([0.05, 0.5, 5.0, 50.0, 1.0, 0.1], dtype=torch.float64)
+    assert (den(x, t) - dense(x, t)).abs().max().item() < 1e-12
+    assert torch.equal(den.mixture.covs, torch.diag_embed(var))
+    assert den.mixture.trace_covariance() == pytest.approx(
+        float(torch.trace(den.mixture.covariance())), rel=1e-14)
+
+
+def test_diagonal_mixture_at_10000_dimensions_stays_small(tmp_path):
+    """A 10,000-D mixture from stds: loading and a denoiser call hold no d x d matrix (one
+    would be 800 MB), and the values are the per-coordinate formula."""
+    import time
+
+    from samplerbench.models.zoo import load_model
+
+    K, d, B = 4, 10_000, 3
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(K, d, generator=g, dtype=torch.float64) * 0.05
+    for stds in ([0.5, 1.0, 0.7, 2.0],
+                 (torch.rand(K, d, generator=g, dtype=torch.float64) + 0.5).tolist()):
+        f = tmp_path / "big.json"
+        f.write_text(json.dumps({"weights": [1, 2, 3, 4], "means": mu.tolist(), "stds": stds,
+                                 "data_shape": [1, 100, 100]}))
+        t0 = time.perf_counter()
+        den = load_model(f"gmm:{f}")
+        x = torch.randn(B, 1, 100, 100, generator=g, dtype=torch.float64)
+        t = torch.tensor([0.5, 2.0, 10.0], dtype=torch.float64)
+        out = den(x, t)
+        x32 = den(x.float(), t)
+        elapsed = time.perf_counter() - t0
+        assert out.shape == x.shape and out.dtype == torch.float64 and x32.dtype == torch.float32
+        assert not _big_tensors(den.mixture, d * d // 100) and not _big_tensors(den, d * d // 100)
+        assert den.mixture.variances.untyped_storage().nbytes() <= K * d * 8
+        # per coordinate: responsibilities from sums of 1-D Gaussian log-densities
+        var = torch.as_tensor(stds, dtype=torch.float64)
+        var = (var[:, None] if var.ndim == 1 else var).expand(K, d) ** 2
+        w = torch.tensor([1, 2, 3, 4], dtype=torch.float64) / 10
+        a = den.schedule.alpha(t)[:, None, None]
+        s2 = den.schedule.sigma(t)[:, None, None] ** 2
+        xf = x.reshape(B, 1, d)
+        v = a**2 * var + s2
+        logp = w.log() - 0.5 * (v.log() + (xf - a * mu) ** 2 / v).sum(-1)
+        r = torch.softmax(logp, 1)
+        want = (r[..., None] * (mu + a * var / v * (xf - a * mu))).sum(1)
+        assert (out.reshape(B, d) - want).abs().max().item() < 1e-12
+        # float32: the log-densities are sums over 10,000 coordinates (rounding ~1e-3 in them)
+        assert (x32.double().reshape(B, d) - want).abs().max().item() < 1e-3
+        assert elapsed < 20, elapsed          # seconds, not the minutes a d x d eigh would take
+        draws = den.exact_samples(8)
+        assert draws.shape == (8, 1, 100, 100)
+
+
+# ------------------------------------------------------------------------------------------------
 # a kill at any point of a digits run, inside a cache write included
 # ------------------------------------------------------------------------------------------------
 
