@@ -29,7 +29,7 @@ from samplerbench.bench.progress import Progress
 from samplerbench.bench.spec import NamedParams, Spec
 from samplerbench.bench.store import (BUDGET_MESSAGE, RowStore, atomic_write_text,
                                       latest_rows, load_tensors, read_rows,
-                                      remove_partial_files, save_tensors)
+                                      remove_partial_files, save_tensors, storage_error)
 from samplerbench.models.denoiser import (CastDenoiser, CompiledDenoiser, NFEBudgetExceeded,
                              TimedDenoiser)
 from samplerbench.models.errors import UserError
@@ -501,6 +501,10 @@ class Runner:
                 row["nonconv"] = nonconv(x, sol2["x"])
         except UserError:
             raise
+        except OSError as exc:
+            if storage_error(exc):  # a full disk (a cache write): stop the run, record nothing
+                raise
+            row.update(status="failed", message=_failure(exc))
         except _CellFailed as exc:  # the solve failed (its message says where)
             row.update(status="failed", message=str(exc))
         except Exception as exc:  # the cell fails, the matrix goes on

@@ -4,6 +4,7 @@ and fsynced as each cell ends) and ``run.json`` (spec + environment provenance).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -200,6 +201,16 @@ class RowStore:
 
 # --------------------------------------------------------------------------------------------
 # files the CLI writes: whole or not at all
+
+# errors of the storage, not of a cell or of the input: a run stops (exit 2) instead of
+# recording the cell as failed, so a rerun with space computes it
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def storage_error(exc: BaseException) -> bool:
+    """``exc`` says the disk is full or read-only (ENOSPC, EDQUOT, EFBIG, EROFS)."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
 
 def _umask() -> int:
     mask = os.umask(0)

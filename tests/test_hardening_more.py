@@ -67,6 +67,133 @@ def test_a_run_loads_each_model_once(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
+# a full or read-only disk: exit 2 with one line, whole files, a rerun resumes
+# ------------------------------------------------------------------------------------------------
+
+ADHOC = ["--models", "gmm2d", "--solvers", "euler,dpmpp_2m", "--steps", "3", "--samples", "4",
+         "--quiet"]
+
+
+def _one_line_exit_2(capsys, args, *needles) -> str:
+    assert main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert all(n in lines[0] for n in needles), lines[0]
+    return lines[0]
+
+
+def _disk_full_in(monkeypatch, prefix: str):
+    """Writes (through store.atomic_open) to files named ``prefix``... fail half-way with
+    ENOSPC, as on a full disk."""
+    import contextlib
+    import errno
+
+    import samplerbench.bench.store as store
+
+    real = store.atomic_open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    @contextlib.contextmanager
+    def atomic_open(path, mode="wb", **kw):
+        with real(path, mode, **kw) as f:
+            yield Full(f) if Path(path).name.startswith(prefix) else f
+
+    import samplerbench.bench.sample as sample
+
+    monkeypatch.setattr(store, "atomic_open", atomic_open)
+    monkeypatch.setattr(sample, "atomic_open", atomic_open)
+
+
+def test_disk_full_during_run_stops_with_exit_2_and_a_rerun_completes(tmp_path, monkeypatch,
+                                                                       capsys):
+    import errno
+
+    import samplerbench.bench.store as store
+    from samplerbench.bench.runner import rows
+
+    out = tmp_path / "o"
+    with monkeypatch.context() as m:                  # the ODE reference cache: first cell
+        _disk_full_in(m, "ref-")
+        _one_line_exit_2(capsys, ["run", *ADHOC, "--out", out], "No space left on device",
+                         "rerun")
+    assert rows(out) == []                            # no cell recorded as failed
+    assert not list((out / "cache").iterdir())        # no partial cache, no temporary
+    real_append, n = store.RowStore.append, [0]
+
+    def append(self, row):                            # rows.jsonl: the second row
+        n[0] += 1
+        if n[0] == 2:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row)[:40])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        real_append(self, row)
+
+    with monkeypatch.context() as m:
+        m.setattr(store.RowStore, "append", append)
+        _one_line_exit_2(capsys, ["run", *ADHOC, "--out", out], "rows.jsonl", "No space left")
+    assert [r["solver"] for r in rows(out)] == ["euler"]
+    assert main(["run", *ADHOC, "--out", str(out)]) == 0        # space again: resumes
+    assert "1 reused, 1 computed" in capsys.readouterr().out
+    got = rows(out)
+    assert [r["solver"] for r in got] == ["euler", "dpmpp_2m"]
+    assert all(r["status"] == "ok" and r["err_rms"] > 0 for r in got)
+
+
+def test_disk_full_during_report_and_sample_keeps_the_old_files(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    out = tmp_path / "o"
+    assert main(["run", *ADHOC, "--out", str(out)]) == 0
+    assert main(["report", str(out), "--format", "md,csv"]) == 0
+    before = {f.name: f.read_bytes() for f in (out / "report").iterdir()}
+    npz = tmp_path / "x.npz"
+    assert main(["sample", "gmm2d", "euler", "--steps", "2", "--n", "3", "--out", str(npz)]) == 0
+    old = npz.read_bytes()
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        _disk_full_in(m, "")
+        _one_line_exit_2(capsys, ["report", out, "--format", "md,csv"], "No space left")
+        _one_line_exit_2(capsys, ["sample", "gmm2d", "euler", "--steps", "4", "--n", "3",
+                                  "--out", npz], "No space left")
+    assert {f.name: f.read_bytes() for f in (out / "report").iterdir()} == before
+    assert npz.read_bytes() == old and np.load(npz)["x"].shape == (3, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "x.npz"]
+
+
+def test_read_only_out_exits_2_even_for_root(tmp_path, monkeypatch, capsys):
+    """A read-only mount (EROFS), simulated so that it holds for root as well: --out is named
+    before anything is computed or written."""
+    import errno
+    import tempfile
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **k):
+        if dir is not None and Path(dir).resolve().is_relative_to(ro):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    _one_line_exit_2(capsys, ["run", *ADHOC, "--out", ro / "o"], "--out", "Read-only")
+    _one_line_exit_2(capsys, ["sample", "gmm2d", "euler", "--steps", "2", "--out",
+                              ro / "x.npz"], "--out", "Read-only")
+    assert not list(ro.rglob("*.npz")) and not (ro / "o" / "rows.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------------------
 # diagonal mixtures stay diagonal (gmm: files with stds, any dimension)
 # ------------------------------------------------------------------------------------------------
 
