@@ -194,6 +194,54 @@ def test_read_only_out_exits_2_even_for_root(tmp_path, monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------------------
+# truncated or corrupt safetensors, also read by load_weights in a user's factory
+# ------------------------------------------------------------------------------------------------
+
+FACTORY = """
+import os
+import torch
+from samplerbench.models.weights import load_weights
+
+class Net(torch.nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.register_buffer("w", w)
+
+    def forward(self, x, sigma):
+        return self.w * x / (1 + sigma[:, None] ** 2)
+
+def make():
+    return Net(load_weights(os.path.join(os.path.dirname(__file__), "w.safetensors"))["w"])
+"""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header_only", "empty", "not_safetensors"])
+def test_damaged_safetensors_in_a_user_factory(damage, tmp_path, capsys):
+    from safetensors.torch import save
+
+    from samplerbench.models.errors import UserError
+    from samplerbench.models.weights import load_weights
+
+    good = save({"w": torch.full((2,), 0.5)})
+    bad = {"truncated": good[: len(good) - 3], "header_only": good[:8], "empty": b"",
+           "not_safetensors": b"PK\x03\x04 a zip file"}[damage]
+    w = tmp_path / "w.safetensors"
+    (tmp_path / "mynet.py").write_text(FACTORY)
+    w.write_bytes(good)
+    assert main(["sample", f"edm:{tmp_path / 'mynet.py'}:make?shape=2", "euler", "--steps",
+                 "2", "--n", "2", "--out", str(tmp_path / "ok.npz")]) == 0
+    w.write_bytes(bad)
+    with pytest.raises(UserError, match="w.safetensors"):
+        load_weights(w)
+    for cmd in (["sample", f"edm:{tmp_path / 'mynet.py'}:make?shape=2", "euler", "--steps", "2",
+                 "--out", tmp_path / "x.npz"],
+                ["run", "--models", f"edm:{tmp_path / 'mynet.py'}:make?shape=2", "--solvers",
+                 "euler", "--steps", "2", "--out", tmp_path / "o"]):
+        _one_line_exit_2(capsys, cmd, "checkpoint", "w.safetensors", "safetensors")
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------------
 # diagonal mixtures stay diagonal (gmm: files with stds, any dimension)
 # ------------------------------------------------------------------------------------------------
 
