@@ -545,3 +545,40 @@ def test_sigkill_inside_cache_writes_and_between_rows_then_rerun(digits_run, tmp
     for name, tensors in caches.items():
         assert all(torch.equal(got[name][k], v) for k, v in tensors.items()), name
     assert not [f for f in (out / "cache").iterdir() if f.name.endswith(".tmp")]
+
+
+def test_frechet_of_a_diagonal_mixture_without_its_covariance_matrix(monkeypatch):
+    """The operator form of the Frechet distance (n x n instead of d x d) equals the dense
+    formula, for n < d and n > d; above DENSE_COV_MAX_DIM QualityMetrics scores a diagonal
+    mixture's samples without ever forming its covariance matrix."""
+    import samplerbench.bench.quality as quality
+    from samplerbench.bench.metrics import frechet_gaussian, frechet_gaussian_op
+    from samplerbench.models.gmm import GaussianMixture, GMMDenoiser
+    from samplerbench.models.schedules import make_schedule
+
+    g = torch.Generator().manual_seed(5)
+    # n < d: the dense formula takes square roots of a rank-deficient cov_x, whose zero
+    # eigenvalues come out as +-1e-16 and their roots as ~1e-8: it is the less accurate one there
+    for d, n, rel in ((40, 12, 1e-7), (6, 50, 1e-12)):
+        var = torch.rand(3, d, generator=g, dtype=torch.float64) + 0.2
+        mix = GaussianMixture([1.0, 2.0, 3.0], torch.randn(3, d, generator=g, dtype=torch.float64),
+                              variances=var)
+        x = 1.3 * mix.sample(n, g)
+        want = frechet_gaussian(x, mix.mean(), mix.covariance())
+        got = frechet_gaussian_op(x, mix.mean(), mix.cov_times, mix.trace_covariance())
+        assert got == pytest.approx(want, rel=rel) and want > 0.5
+        dense = GaussianMixture(mix.weights, mix.means, mix.covs)
+        assert torch.allclose(dense.cov_times(x.T), mix.cov_times(x.T), rtol=0, atol=1e-12)
+    K, d = 3, 400
+    mix = GaussianMixture([1.0, 1.0, 2.0], torch.randn(K, d, generator=g, dtype=torch.float64),
+                          variances=torch.full((K, d), 0.25, dtype=torch.float64))
+    den = GMMDenoiser(mix, make_schedule("edm"))
+    exact, off = mix.sample(16, g), mix.sample(16, g) * 1.5
+    monkeypatch.setattr(quality, "DENSE_COV_MAX_DIM", 100)
+    monkeypatch.setattr(GaussianMixture, "covariance", lambda self: pytest.fail("d x d built"))
+    q = quality.QualityMetrics()
+    a, b = q(den, exact, 4), q(den, off, 4)
+    assert a["fid_features"] == "data:exact-moments" and a["fid_se"] is not None
+    # exact samples score at their floor (the O(d / n) bias), scaled ones far above it
+    assert a["fid"] == pytest.approx(a["fid_floor"], rel=0.1)
+    assert b["fid"] > a["fid"] + 10 * a["fid_floor_sd"] and b["swd"] > a["swd"]
