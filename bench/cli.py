@@ -560,6 +560,17 @@ def main(argv=None) -> int:
         sys.stderr.write(f"samplerbench: error: invalid path: {exc.filename!r}; "
                          f"{exc.strerror or exc}\n")
         return 2
+    except OSError as exc:
+        from samplerbench.bench.store import storage_error
+
+        if not storage_error(exc):
+            raise
+        # a full or read-only disk: files written whole or not at all, finished rows kept
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"samplerbench: error: cannot write{where}: {exc.strerror or exc}; "
+                         "free space or choose another --out (written files are whole; "
+                         "a rerun of `run` resumes from rows.jsonl)\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("samplerbench: interrupted; finished cells are in rows.jsonl\n")
         return 130

@@ -28,11 +28,12 @@ from pathlib import Path
 import torch
 
 from samplerbench.bench import stats
-from samplerbench.bench.metrics import frechet_gaussian, swd
+from samplerbench.bench.metrics import frechet_gaussian, frechet_gaussian_op, swd
 
 REACHED_RMS = 0.02           # a sample within this RMS of a training image has reached it
 BLOWUP_FACTOR = 10.0         # a sample with RMS > this x (data RMS + sigma(t_end)) blew up
 EXACT_SEED = 12345           # exact / data reference samples (swd)
+DENSE_COV_MAX_DIM = 2048      # above: a diagonal mixture's Frechet distance uses its covariance operator
 
 
 class QualityMetrics:
@@ -74,9 +75,18 @@ class QualityMetrics:
 
     def _moment_metrics(self, flat: torch.Tensor, mean, cov, ref, blocks, draw) -> dict:
         """Frechet distance to (mean, cov) and swd to ``ref``, jackknifed, with floors from
-        ``draw(k, n)`` (exact samples, draw k)."""
+        ``draw(k, n)`` (exact samples, draw k).  ``cov``: a d x d matrix, or a mixture (its
+        ``cov_times`` operator: no d x d matrix in high dimension)."""
         out = {}
-        fd = stats.jackknife(lambda x: frechet_gaussian(x, mean, cov), flat, blocks)
+        if isinstance(cov, torch.Tensor):
+            def fdist(x):
+                return frechet_gaussian(x, mean, cov)
+        else:
+            trace = cov.trace_covariance()
+
+            def fdist(x):
+                return frechet_gaussian_op(x, mean, cov.cov_times, trace)
+        fd = stats.jackknife(fdist, flat, blocks)
         sw = stats.jackknife(lambda x: swd(x, ref), flat, blocks)
         out.update(fid=fd["value"], fid_se=fd["se"], fid_blocks=fd["blocks"],
                    swd=sw["value"], swd_se=sw["se"], swd_blocks=sw["blocks"])
@@ -86,7 +96,7 @@ class QualityMetrics:
             fds, sws = [], []
             for k in range(stats.FLOOR_DRAWS):
                 y = draw(k, n).reshape(n, -1).double()
-                fds.append(frechet_gaussian(y, mean, cov))
+                fds.append(fdist(y))
                 sws.append(swd(y, ref))
             f_m, f_sd = stats.mean_sd(fds)
             s_m, s_sd = stats.mean_sd(sws)
@@ -103,9 +113,9 @@ class QualityMetrics:
             mixture = getattr(den, "mixture", None)
             dataset = getattr(den, "dataset", None)
             if mixture is not None:
-                d = mixture.mean().numel()
+                d = mixture.dim              # tr(cov) in O(K d): no d x d matrix
                 v = float((mixture.mean().double().pow(2).sum()
-                           + torch.trace(mixture.covariance().double())) / d) ** 0.5
+                           + mixture.trace_covariance()) / d) ** 0.5
             elif getattr(den, "data", None) is not None:
                 v = float(den.data.double().pow(2).mean().sqrt())
             elif dataset == "digits":
@@ -151,8 +161,10 @@ class QualityMetrics:
         flat = x.reshape(x.shape[0], -1).double()
         if mixture is not None:
             ref = self._exact(mixture, x.shape[0])
+            # a diagonal mixture in high dimension: its covariance as an operator (O(K d))
+            big = mixture.diagonal and mixture.dim > DENSE_COV_MAX_DIM
             out.update(self._moment_metrics(
-                flat, mixture.mean(), mixture.covariance(), ref, blocks,
+                flat, mixture.mean(), mixture if big else mixture.covariance(), ref, blocks,
                 lambda k, n: mixture.sample(n, torch.Generator().manual_seed(1000 + k))))
             out["fid_features"] = "data:exact-moments"
         elif dataset == "digits":

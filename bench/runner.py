@@ -27,8 +27,9 @@ from samplerbench.bench.metrics import (PeakMemory, error_metrics, nonconv, stro
 from samplerbench.bench.quality import QualityMetrics
 from samplerbench.bench.progress import Progress, plan_cell
 from samplerbench.bench.spec import NamedParams, Spec
-from samplerbench.bench.store import (BUDGET_MESSAGE, RowStore, latest_rows, load_tensors,
-                                      read_rows, save_tensors)
+from samplerbench.bench.store import (BUDGET_MESSAGE, RowStore, atomic_write_text,
+                                      latest_rows, load_tensors, read_rows,
+                                      remove_partial_files, save_tensors, storage_error)
 from samplerbench.models.denoiser import (CastDenoiser, CompiledDenoiser, NFEBudgetExceeded,
                              TimedDenoiser)
 from samplerbench.models.errors import UserError
@@ -194,13 +195,12 @@ class Runner:
         doc = {"spec": self.spec.to_dict(), "spec_digest": self.spec.digest(),
                "environment": environment(str(self.device)), "invocations": invocations,
                "row_schema": "shared/DESIGN.md#cli-contract"}
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2, default=str))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(doc, indent=2, default=str))
 
     def model(self, name: str):
-        if name not in self._models:
-            self._models[name] = load_model(name)
+        if name not in self._models:      # parse_spec loaded it to validate the spec: reuse it
+            loaded = getattr(self.spec, "loaded", None) or {}
+            self._models[name] = loaded[name] if name in loaded else load_model(name)
         return self._models[name]
 
     def _x_init(self, den, grid, cell: Cell) -> torch.Tensor:
@@ -512,6 +512,10 @@ class Runner:
                 row["nonconv"] = nonconv(x, sol2["x"])
         except UserError:
             raise
+        except OSError as exc:
+            if storage_error(exc):  # a full disk (a cache write): stop the run, record nothing
+                raise
+            row.update(status="failed", message=_failure(exc))
         except _CellFailed as exc:  # the solve failed (its message says where)
             row.update(status="failed", message=str(exc))
         except Exception as exc:  # the cell fails, the matrix goes on
@@ -539,6 +543,18 @@ class Runner:
         fh.flush()
         return fh
 
+    def _remove_partial_files(self) -> None:
+        """Temporaries of a run killed inside a write (a cache, run.json): removed, with one
+        warning line (this process holds the lock, so no writer is alive)."""
+        import sys
+
+        gone = [f"cache/{n}" for n in remove_partial_files(self.out / "cache")]
+        gone = remove_partial_files(self.out) + gone
+        if gone:
+            print(f"samplerbench: warning: {self.out}: removed {len(gone)} partial "
+                  f"file{'s' * (len(gone) != 1)} left by an interrupted run "
+                  f"({', '.join(gone)})", file=sys.stderr)
+
     def run(self) -> dict:
         cells = expand_cells(self.spec, str(self.device.type))
         lock = None
@@ -561,6 +577,7 @@ class Runner:
         if main:
             if not self.resume and self.store.path.exists():
                 self.store.path.unlink()
+            self._remove_partial_files()
             self.store.repair()
             done = self.store.done_ids(self.spec.max_nfe, cells) if self.resume else set()
             # cells of solvers named by --recompute run again (a fix, a new status rule); their

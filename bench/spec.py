@@ -119,9 +119,13 @@ class Spec:
     nfe: list[int] = field(default_factory=list)   # NFE budgets (fixed-step solvers)
     blocks: int | None = None         # seed blocks of the quality metrics' jackknife (None: none)
     single_over_s: float | None = 1.0  # time a cell by its first solve alone when it is this slow
+    # the models parse_spec loaded to validate the spec, by name: the runner reuses them instead
+    # of loading each model a second time (not part of the spec: no digest, no run.json)
+    loaded: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(dataclasses.replace(self, loaded={}))
+        del d["loaded"]
         d["solvers"] = [{"name": s.name, **s.params} for s in self.solvers]
         d["grids"] = [{"name": g.name, **g.params} for g in self.grids]
         return d
@@ -347,7 +351,7 @@ def parse_spec(raw: dict, default_name: str = "adhoc", base=None) -> Spec:
         weak=metrics.get("weak", True), kid=metrics.get("kid", False), fid_features=fid_features,
         sde_ref_steps=_int("reference.sde_steps", ref.get("sde_steps", 1024), 2),
         compile=compile_, max_nfe=max_nfe, nfe=nfe, blocks=blocks,
-        single_over_s=_single_over(timing.get("single_over_s", 1.0)),
+        single_over_s=_single_over(timing.get("single_over_s", 1.0)), loaded=denoisers,
     )
 
 

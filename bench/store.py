@@ -4,6 +4,7 @@ and fsynced as each cell ends) and ``run.json`` (spec + environment provenance).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -201,6 +202,16 @@ class RowStore:
 # --------------------------------------------------------------------------------------------
 # files the CLI writes: whole or not at all
 
+# errors of the storage, not of a cell or of the input: a run stops (exit 2) instead of
+# recording the cell as failed, so a rerun with space computes it
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def storage_error(exc: BaseException) -> bool:
+    """``exc`` says the disk is full or read-only (ENOSPC, EDQUOT, EFBIG, EROFS)."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -224,6 +235,23 @@ def atomic_open(path: str | Path, mode: str = "wb", **kw):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove_partial_files(folder: str | Path) -> list[str]:
+    """Delete the temporaries :func:`atomic_open` leaves in ``folder`` when a process is killed
+    inside a write (``.NAME.XXXXXXXX.tmp``; also ``run.json.tmp`` of older versions) and return
+    their names.  Call it only while holding the folder's run lock: then no writer is alive."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = []
+    for f in sorted(folder.iterdir()):
+        if (f.name.startswith(".") and f.name.endswith(".tmp")) or f.name == "run.json.tmp":
+            with contextlib.suppress(OSError):
+                if f.is_file():
+                    f.unlink()
+                    gone.append(f.name)
+    return gone
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

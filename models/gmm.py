@@ -27,20 +27,50 @@ Tensor = torch.Tensor
 
 
 class GaussianMixture:
-    """Mixture parameters (float64) with exact sampling and log-density."""
+    """Mixture parameters (float64) with exact sampling and log-density.
 
-    def __init__(self, weights, means, covs):
+    Full covariances ``covs`` [K, d, d], or diagonal ones given by their ``variances`` [K, d]
+    (what ``stds`` in a ``gmm:`` file means).  A diagonal mixture keeps only the [K, d]
+    variances -- never a d x d matrix -- so it scales to any dimension (d = 10,000 costs
+    K x d numbers); its denoiser applies the same formula with U_k = I."""
+
+    def __init__(self, weights, means, covs=None, *, variances=None):
+        if (covs is None) == (variances is None):
+            raise ValueError("give covs or variances")
         self.weights = torch.as_tensor(weights, dtype=torch.float64)
         self.means = torch.as_tensor(means, dtype=torch.float64)
-        self.covs = torch.as_tensor(covs, dtype=torch.float64)
         K, d = self.means.shape
-        if self.weights.shape != (K,) or self.covs.shape != (K, d, d):
+        if self.weights.shape != (K,):
             raise ValueError("inconsistent mixture shapes")
         self.weights = self.weights / self.weights.sum()
-        self.covs = 0.5 * (self.covs + self.covs.transpose(1, 2))
-        self.eigvals, self.eigvecs = torch.linalg.eigh(self.covs)
-        if (self.eigvals <= 0).any():
-            raise ValueError("covariances must be positive definite")
+        self.diagonal = variances is not None
+        if self.diagonal:
+            var = torch.as_tensor(variances, dtype=torch.float64)
+            if var.shape != (K, d):
+                raise ValueError("inconsistent mixture shapes")
+            if not ((var > 0) & torch.isfinite(var)).all():
+                raise ValueError("variances must be positive")
+            self.eigvals, self.eigvecs = var, None          # U_k = I: none stored
+            self._covs = None
+        else:
+            covs = torch.as_tensor(covs, dtype=torch.float64)
+            if covs.shape != (K, d, d):
+                raise ValueError("inconsistent mixture shapes")
+            self._covs = 0.5 * (covs + covs.transpose(1, 2))
+            self.eigvals, self.eigvecs = torch.linalg.eigh(self._covs)
+            if (self.eigvals <= 0).any():
+                raise ValueError("covariances must be positive definite")
+
+    @property
+    def variances(self) -> Tensor:
+        """The diagonals of the covariances, [K, d]."""
+        return self.eigvals if self.diagonal else self._covs.diagonal(dim1=1, dim2=2)
+
+    @property
+    def covs(self) -> Tensor:
+        """The covariances as dense [K, d, d] matrices (built on each access for a diagonal
+        mixture: K d^2 numbers, avoid it in high dimension)."""
+        return torch.diag_embed(self.eigvals) if self.diagonal else self._covs
 
     @property
     def dim(self) -> int:
@@ -50,10 +80,26 @@ class GaussianMixture:
         return self.weights @ self.means
 
     def covariance(self) -> Tensor:
+        """The mixture's covariance, d x d (dense even for a diagonal mixture: the means
+        couple the coordinates)."""
         m = self.mean()
         dm = self.means - m
-        return torch.einsum("k,kij->ij", self.weights, self.covs) + torch.einsum(
-            "k,ki,kj->ij", self.weights, dm, dm)
+        within = (torch.diag(self.weights @ self.eigvals) if self.diagonal else
+                  torch.einsum("k,kij->ij", self.weights, self._covs))
+        return within + torch.einsum("k,ki,kj->ij", self.weights, dm, dm)
+
+    def cov_times(self, v: Tensor) -> Tensor:
+        """:meth:`covariance` @ v for v [d, m], in O(K d m) for a diagonal mixture."""
+        v = v.to(torch.float64)
+        dm = self.means - self.mean()
+        within = ((self.weights @ self.eigvals)[:, None] * v if self.diagonal else
+                  torch.einsum("k,kij,jm->im", self.weights, self._covs, v))
+        return within + dm.T @ (self.weights[:, None] * (dm @ v))
+
+    def trace_covariance(self) -> float:
+        """tr of :meth:`covariance`, in O(K d)."""
+        dm = self.means - self.mean()
+        return float(self.weights @ (self.variances.sum(1) + dm.pow(2).sum(1)))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
@@ -62,7 +108,8 @@ class GaussianMixture:
         x = torch.empty_like(z)
         for j in range(len(self.weights)):
             idx = k == j
-            x[idx] = self.means[j] + (z[idx] * self.eigvals[j].sqrt()) @ self.eigvecs[j].T
+            scaled = z[idx] * self.eigvals[j].sqrt()
+            x[idx] = self.means[j] + (scaled if self.diagonal else scaled @ self.eigvecs[j].T)
         return x
 
 
@@ -84,8 +131,8 @@ class GMMDenoiser(Denoiser):
         key = (dtype, device)
         if key not in self._cache:
             m = self.mixture
-            self._cache[key] = tuple(p.to(dtype=dtype, device=device) for p in (
-                m.weights.log(), m.means, m.eigvals, m.eigvecs))
+            self._cache[key] = tuple(None if p is None else p.to(dtype=dtype, device=device)
+                                     for p in (m.weights.log(), m.means, m.eigvals, m.eigvecs))
         return self._cache[key]
 
     def forward(self, x, t, **cond):
@@ -96,11 +143,14 @@ class GMMDenoiser(Denoiser):
         s2 = (self.schedule.sigma(t) ** 2).to(x.dtype)[:, None, None]
         xf = x.reshape(B, 1, -1)                                     # [B, 1, d]
         diff = xf - a * mu[None]                                     # [B, K, d]
-        y = torch.einsum("bkd,kde->bke", diff, U)                    # coordinates in eigenbasis
+        # coordinates in each component's eigenbasis (a diagonal mixture's is the standard one)
+        y = diff if U is None else torch.einsum("bkd,kde->bke", diff, U)
         var = a**2 * lam[None] + s2                                  # [B, K, d]
         logp = logw[None] - 0.5 * (torch.log(var) + y**2 / var).sum(-1)
         r = torch.softmax(logp, dim=1)                               # [B, K]
-        shrink = torch.einsum("bke,kde->bkd", a * lam[None] / var * y, U)
+        shrink = a * lam[None] / var * y
+        if U is not None:
+            shrink = torch.einsum("bke,kde->bkd", shrink, U)
         x0 = torch.einsum("bk,bkd->bd", r, mu[None] + shrink)
         return x0.reshape(x.shape)
 
@@ -151,9 +201,12 @@ def mixture_from_dict(spec: dict, where: str = "gmm") -> tuple[GaussianMixture, 
             std = torch.as_tensor(spec["stds"], dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise UserError(f"{where}.stds", str(exc), hint="expected numbers") from None
-        if std.shape != (K,) or not ((std > 0) & torch.isfinite(std)).all():
-            raise UserError(f"{where}.stds", spec["stds"], hint=f"expected {K} positive numbers")
-        covs = std[:, None, None] ** 2 * torch.eye(d, dtype=torch.float64)
+        if std.shape not in ((K,), (K, d)) or not ((std > 0) & torch.isfinite(std)).all():
+            raise UserError(f"{where}.stds", _short(spec["stds"]), hint=f"expected {K} positive "
+                            f"numbers (one per component) or [{K}, {d}] (one per coordinate)")
+        # diagonal covariances, kept as [K, d] variances (a [K] std is broadcast, not copied)
+        variances = (std[:, None] if std.ndim == 1 else std) ** 2
+        covs = None
     else:
         try:
             covs = torch.as_tensor(spec["covs"], dtype=torch.float64)
@@ -165,7 +218,8 @@ def mixture_from_dict(spec: dict, where: str = "gmm") -> tuple[GaussianMixture, 
             raise UserError(f"{where}.covs", _first_bad(covs), hint="covariances must be finite "
                             "numbers (no NaN or infinity)")
     try:
-        mixture = GaussianMixture(w, mu, covs)
+        mixture = (GaussianMixture(w, mu, covs) if covs is not None else
+                   GaussianMixture(w, mu, variances=variances.expand(K, d)))
     except ValueError as exc:
         raise UserError(f"{where}.covs", "not positive definite", hint=str(exc)) from None
     sched = spec.get("schedule", "edm")
@@ -188,6 +242,12 @@ def mixture_from_dict(spec: dict, where: str = "gmm") -> tuple[GaussianMixture, 
         raise UserError(f"{where}.t_min", kw["t_min"], hint=f"the {sched} schedule lives on "
                         "t in [0, 1]: t_min must lie in (0, 1)")
     return mixture, {"name": sched, **kw}
+
+
+def _short(v):
+    """A value for a message: a long list is cut."""
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _first_bad(x: Tensor):

@@ -27,7 +27,12 @@ def load_weights(path: str | Path, map_location="cpu") -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device=str(map_location))
+        try:
+            return load_file(str(path), device=str(map_location))
+        except Exception as exc:          # SafetensorError: truncated, corrupt, not safetensors
+            raise UserError("checkpoint", str(path), hint=f"cannot read it as safetensors "
+                            f"(truncated or corrupt? {type(exc).__name__}: {str(exc)[:200]}); "
+                            "copy or export the file again") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)     # "pickle protocol 4" advice
