@@ -107,7 +107,8 @@ class QualityMetrics:
 
     def data_rms(self, den) -> float:
         """RMS of the model's data per dimension: exact for a mixture, from the training data for
-        a dataset model or an empirical denoiser, 1.0 (normalised data) for any other model."""
+        a dataset model or an empirical denoiser, 1.0 (normalised data) for any other model and
+        for a latent model (its state is a latent scaled to unit variance)."""
         key = ("rms", id(den))
         if key not in self._refs:
             mixture = getattr(den, "mixture", None)
@@ -118,6 +119,8 @@ class QualityMetrics:
                            + mixture.trace_covariance()) / d) ** 0.5
             elif getattr(den, "data", None) is not None:
                 v = float(den.data.double().pow(2).mean().sqrt())
+            elif getattr(den, "decoder", None) is not None:
+                v = 1.0
             elif dataset == "digits":
                 from samplerbench.bench.fid import _digits01
 

@@ -5,7 +5,12 @@ y [B] optional class labels (``num_classes`` is the null label used by classifie
 
   ``mlp``    2-D data: an MLP with a sinusoidal time embedding added to every hidden layer
   ``unet``   8x8 images: a two-level convolutional U-Net (8x8 -> 4x4 -> 2x2) with residual blocks,
-             the time (and class) embedding added per channel in every block (Ho et al. 2020, small)
+             the time (and class) embedding added per channel in every block (Ho et al. 2020, small);
+             on a 4x4 latent the same U-Net with fewer levels
+  ``ae``     the digits autoencoder of the latent models (not a denoiser): ``encode(x)`` ->
+             (mean, log-variance) of a diagonal Gaussian posterior over a ``latent_channels`` x 4 x 4
+             latent, ``decode(z)`` -> 8x8 images in [-1, 1] (Rombach et al. 2022's KL-regularised
+             autoencoder, small)
 
 Checkpoints (``models/checkpoints/NAME.safetensors`` + ``NAME.json``, the model card) are loaded
 with safetensors only; the card holds the architecture config, schedule and prediction type.
@@ -143,7 +148,44 @@ class UNet(nn.Module):
         return self.out(nn.functional.silu(self.out_norm(h)))
 
 
-NETS = {"mlp": MLP, "unet": UNet}
+class DigitsAutoencoder(nn.Module):
+    """KL-regularised convolutional autoencoder for 1 x 8 x 8 images: an encoder to the mean and
+    log-variance of q(z | x) over ``latent_channels`` x 4 x 4 latents, a decoder back to 8 x 8
+    images in [-1, 1] (tanh).  The latent models sample z in the *scaled* latent space
+    ``(z - shift_factor) * scaling_factor`` (the SD3 / Flux convention; the factors are in the
+    model card), and decode with ``decode(z / scaling_factor + shift_factor)``."""
+
+    def __init__(self, in_channels: int = 1, latent_channels: int = 2, hidden: int = 64):
+        super().__init__()
+        self.latent_channels = int(latent_channels)
+        act = nn.SiLU
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1), act(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), act(),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), act(),        # 8x8 -> 4x4
+            nn.Conv2d(hidden, hidden, 3, padding=1), act(),
+            nn.Conv2d(hidden, 2 * latent_channels, 3, padding=1))
+        self.decoder = nn.Sequential(
+            nn.Conv2d(latent_channels, hidden, 3, padding=1), act(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), act(),
+            nn.Upsample(scale_factor=2, mode="nearest"),                      # 4x4 -> 8x8
+            nn.Conv2d(hidden, hidden, 3, padding=1), act(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), act(),
+            nn.Conv2d(hidden, in_channels, 3, padding=1), nn.Tanh())
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, log-variance) of q(z | x), each [B, latent_channels, 4, 4]."""
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x)[0])
+
+
+NETS = {"mlp": MLP, "unet": UNet, "ae": DigitsAutoencoder}
 
 
 def build_net(config: dict) -> nn.Module:
@@ -228,6 +270,8 @@ def load_checkpoint(name: str, directory: str | Path | None = None):
     from samplerbench.models.schedules import make_schedule
 
     card = read_card(name, directory)
+    if "decoder" in card:       # a latent model: check its decoder before loading anything else
+        decoder = load_latent_decoder(card, directory)
     net = build_net(card["net"])
     weights = Path(directory or CHECKPOINT_DIR) / card["weights"]
     net.load_state_dict(load_file(str(weights)))
@@ -235,7 +279,55 @@ def load_checkpoint(name: str, directory: str | Path | None = None):
                              tuple(card["data_shape"]))
     den.num_classes = card["net"].get("num_classes")
     den.card = card
+    if "decoder" in card:
+        den.decoder = decoder
     return den
+
+
+def load_autoencoder(name: str, directory: str | Path | None = None):
+    """The shipped autoencoder ``name`` (an ``ae`` card) and its card: (module, card)."""
+    from safetensors.torch import load_file
+
+    card = read_card(name, directory)
+    if card.get("net", {}).get("arch") != "ae":
+        raise UserError("decoder", name, hint="its model card is not an autoencoder's "
+                        "(net.arch must be 'ae')")
+    weights = Path(directory or CHECKPOINT_DIR) / card["weights"]
+    if not weights.is_file():
+        raise UserError("decoder weights", str(weights), hint=f"the file is missing; run "
+                        f"`samplerbench train {name}` to recreate it")
+    ae = build_net(card["net"])
+    ae.load_state_dict(load_file(str(weights)))
+    return ae.eval().requires_grad_(False), card
+
+
+def load_latent_decoder(card: dict, directory: str | Path | None = None):
+    """The :class:`~samplerbench.models.decoders.VAEDecoder` of the latent model ``card``: its
+    ``decoder`` autoencoder, with the card's ``scaling_factor`` / ``shift_factor``.  A missing
+    decoder, a decoder whose latent shape is not the denoiser's ``data_shape`` or whose weights
+    are not the ones the model was trained on (sha256) is refused (exit 2, the mismatch named)."""
+    from samplerbench.models.decoders import VAEDecoder
+
+    name = card["decoder"]
+    ae_dir = Path(directory or CHECKPOINT_DIR)
+    if not (ae_dir / f"{name}.json").is_file():
+        raise UserError("decoder", name, hint=f"model {card.get('name')!r} decodes with "
+                        f"{name!r}, but {ae_dir / (name + '.json')} is missing; run "
+                        f"`samplerbench train {name}`")
+    ae, ae_card = load_autoencoder(name, directory)
+    latent = tuple(ae_card["latent_shape"])
+    if tuple(card["data_shape"]) != latent:
+        raise UserError("decoder latent shape", list(latent), hint=f"model {card.get('name')!r} "
+                        f"has data_shape {list(card['data_shape'])} but its decoder {name!r} "
+                        f"takes latents of shape {list(latent)}")
+    want = card.get("decoder_sha256")
+    if want is not None and want != ae_card.get("weights_sha256"):
+        raise UserError("decoder weights", name, hint=f"model {card.get('name')!r} was trained "
+                        f"on the latents of {name!r} sha256 {want[:12]}..., the card here says "
+                        f"{str(ae_card.get('weights_sha256'))[:12]}...; retrain one of them")
+    return VAEDecoder(ae, scaling_factor=ae_card["scaling_factor"],
+                      shift_factor=ae_card["shift_factor"], dtype=torch.float32,
+                      latent_shape=latent, data_shape=tuple(ae_card["data_shape"]))
 
 
 def broadcast_cond(cond: dict, B: int, device, dtype) -> dict:

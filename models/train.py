@@ -7,6 +7,12 @@ Losses (x_t = alpha(t) x0 + sigma(t) eps, eps ~ N(0, I)):
             t ~ U(0, 1) (Liu et al. 2022; Lipman et al. 2023)
   ``digits-cond-rf``  the rf loss with class labels, replaced by the null label with probability
             0.1 (Ho & Salimans 2022, classifier-free guidance)
+  ``digits-ae``  the autoencoder of the latent models (Rombach et al. 2022, KL-regularised):
+            E ||decode(z) - x||^2 + beta KL(q(z | x) || N(0, I)) / dim(x), z ~ q(z | x) by
+            reparametrisation; then ``shift_factor`` / ``scaling_factor`` = the mean / 1 over the
+            standard deviation of the posterior means of the training digits
+  ``digits-latent-*``  the vp / rf losses above on the scaled latents
+            ``(mean(q(z | x)) - shift_factor) * scaling_factor`` of the digits-ae encoder
 
 Adam with linear warm-up and cosine decay; the shipped weights are an exponential moving average
 (decay 0.999).  The validation loss is the same loss of the EMA weights on held-out data with fixed
@@ -32,7 +38,7 @@ from typing import Callable
 import torch
 
 from samplerbench.models.errors import UserError
-from samplerbench.models.nets import CHECKPOINT_DIR, build_net, n_params
+from samplerbench.models.nets import CHECKPOINT_DIR, build_net, load_autoencoder, n_params  # noqa: F401
 
 Tensor = torch.Tensor
 
@@ -59,6 +65,10 @@ _MLP = {"arch": "mlp", "dim": 2, "hidden": 192, "depth": 4, "emb": 64}
 _UNET = {"arch": "unet", "in_channels": 1, "channels": [16, 32, 64], "emb": 64}
 _TOY = dict(steps=12000, batch=512, lr=1e-3, data_shape=(2,))
 _DIG = dict(steps=6000, batch=128, lr=1e-3, data_shape=(1, 8, 8))
+_AE = {"arch": "ae", "in_channels": 1, "latent_channels": 2, "hidden": 64}
+_LAT_UNET = {"arch": "unet", "in_channels": 2, "channels": [32, 64], "emb": 64}
+_LAT = dict(steps=6000, batch=128, lr=1e-3, data_shape=(2, 4, 4),
+            extra={"decoder": "digits-ae"})
 
 RECIPES: dict[str, Recipe] = {
     "moons-vp": Recipe("moons", "vp-linear", "eps", _MLP, **_TOY),
@@ -69,6 +79,10 @@ RECIPES: dict[str, Recipe] = {
     "digits-rf": Recipe("digits", "rf", "velocity", _UNET, **_DIG),
     "digits-cond-rf": Recipe("digits", "rf", "velocity", {**_UNET, "num_classes": 10},
                              conditional=True, **_DIG),
+    "digits-ae": Recipe("digits", "none", "reconstruction", _AE, steps=3000, batch=128, lr=2e-3,
+                        data_shape=(1, 8, 8), extra={"beta": 1e-3}),
+    "digits-latent-vp": Recipe("digits-latent", "vp-linear", "eps", _LAT_UNET, **_LAT),
+    "digits-latent-rf": Recipe("digits-latent", "rf", "velocity", _LAT_UNET, **_LAT),
 }
 
 
@@ -88,8 +102,29 @@ def _data(recipe: Recipe, seed: int):
     if recipe.data == "digits":
         (xt, yt), (xv, yv) = data.digits_split()
         return xt, yt, xv, yv
+    if recipe.data == "digits-latent":   # pragma: no cover
+        raise AssertionError("latent data come from _latent_data")
     return (data.toy_2d(recipe.data, 200_000, seed=seed), None,
             data.toy_2d(recipe.data, 10_000, seed=seed + 10_000), None)
+
+
+def _latent_data(recipe: Recipe, ae_dir: Path):
+    """The digits split encoded by the recipe's autoencoder (posterior means, scaled):
+    (z_train, y_train, z_val, y_val, ae_card)."""
+    from samplerbench.models import data
+    from samplerbench.models.nets import load_autoencoder
+
+    name = recipe.extra["decoder"]
+    if not (ae_dir / f"{name}.json").is_file():
+        raise UserError("decoder", name, hint=f"a latent model is trained on the latents of "
+                        f"{name!r}, which is not in {ae_dir}; run `samplerbench train {name}"
+                        + (f" --out {ae_dir}`" if ae_dir != CHECKPOINT_DIR else "`") + " first")
+    ae, card = load_autoencoder(name, ae_dir)
+    (xt, yt), (xv, yv) = data.digits_split()
+    with torch.no_grad():
+        zt, zv = (ae.encode(x)[0] for x in (xt, xv))
+    scale, shift = card["scaling_factor"], card["shift_factor"]
+    return (zt - shift) * scale, yt, (zv - shift) * scale, yv, card
 
 
 def _loss(net, recipe: Recipe, sched, x0: Tensor, y: Tensor | None, t: Tensor,
@@ -112,7 +147,7 @@ def _draw_t(recipe: Recipe, n: int, g: torch.Generator) -> Tensor:
 
 def _val_loss(net, recipe: Recipe, sched, xv: Tensor, yv: Tensor | None) -> float:
     g = torch.Generator().manual_seed(1234)
-    reps = 8 if recipe.data == "digits" else 1
+    reps = 8 if recipe.data.startswith("digits") else 1
     total, count = 0.0, 0
     with torch.no_grad():
         for _ in range(reps):
@@ -146,13 +181,19 @@ def train(name: str, out_dir: str | Path | None = None, seed: int = 0, steps: in
     n_steps = int(steps or recipe.steps)
     out = Path(out_dir) if out_dir is not None else CHECKPOINT_DIR
     out.mkdir(parents=True, exist_ok=True)
+    if recipe.net["arch"] == "ae":
+        return _train_autoencoder(name, recipe, out, seed, n_steps, threads, log)
+    ae_card = None
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     try:
         t_start = time.perf_counter()
         sched = make_schedule(recipe.schedule)
-        xt, yt, xv, yv = _data(recipe, seed)
+        if recipe.data == "digits-latent":
+            xt, yt, xv, yv, ae_card = _latent_data(recipe, out)
+        else:
+            xt, yt, xv, yv = _data(recipe, seed)
         torch.manual_seed(seed)
         net = build_net(recipe.net)
         ema = build_net(recipe.net)
@@ -218,18 +259,133 @@ def train(name: str, out_dir: str | Path | None = None, seed: int = 0, steps: in
         "final_train_loss": run_loss,
         "final_val_loss": val,
         "val_data": ("180 held-out digits (models.data.digits_split) x 8 (t, eps) draws"
-                     if recipe.data == "digits" else "10,000 fresh samples, seed + 10000"),
+                     if recipe.data.startswith("digits") else "10,000 fresh samples, seed + 10000"),
         "train_seconds": round(train_s, 1),
         "threads": max(1, int(threads)),
         "torch": torch.__version__,
         "machine": platform.machine(),
         "command": f"samplerbench train {name}",
     }
+    if ae_card is not None:        # a latent model: the state is the scaled latent of ae_card
+        card["data"] = "digits"
+        card["latent"] = True
+        card["decoder"] = ae_card["name"]
+        card["decoder_sha256"] = ae_card["weights_sha256"]
+        card["decoded_shape"] = list(ae_card["data_shape"])
+        card["val_data"] = ("the latents (posterior means, scaled) of the 180 held-out digits "
+                            "(models.data.digits_split) x 8 (t, eps) draws")
     path = out / f"{name}.json"
     path.write_text(json.dumps(card, indent=2) + "\n")
     if log:
         log(f"{name}: val loss {val:.4f}, {train_s:.0f} s -> {weights} "
             f"({card['weights_bytes'] / 1e6:.2f} MB)")
+    return path
+
+
+def _train_autoencoder(name: str, recipe: Recipe, out: Path, seed: int, n_steps: int,
+                       threads: int, log) -> Path:
+    """Train the digits autoencoder (see the module docstring); its card records the
+    reconstruction error on the held-out digits and the latent's shift / scaling factors."""
+    from safetensors.torch import save_file
+
+    from samplerbench.models import data
+
+    beta = float(recipe.extra["beta"])
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        t_start = time.perf_counter()
+        (xt, _), (xv, _) = data.digits_split()
+        torch.manual_seed(seed)
+        net = build_net(recipe.net)
+        ema = build_net(recipe.net)
+        ema.load_state_dict(net.state_dict())
+        ema.requires_grad_(False)
+        opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
+        g = torch.Generator().manual_seed(seed)
+        dim = float(xt[0].numel())
+        run_loss = None
+        for step in range(n_steps):
+            lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup) * (
+                0.55 + 0.45 * math.cos(math.pi * step / n_steps))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x = xt[torch.randint(0, len(xt), (recipe.batch,), generator=g)]
+            mean, logvar = net.encode(x)
+            z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g)
+            rec = (net.decode(z) - x).pow(2).mean()
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
+            loss = rec + beta * kl / dim
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            decay = min(recipe.ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), net.parameters()):
+                    pe.lerp_(p, 1.0 - decay)
+            lv = loss.item()
+            run_loss = lv if run_loss is None else 0.99 * run_loss + 0.01 * lv
+            if log and (step + 1) % max(1, n_steps // 10) == 0:
+                log(f"{name}: step {step + 1}/{n_steps} loss {run_loss:.5f} "
+                    f"({time.perf_counter() - t_start:.0f} s)")
+        with torch.no_grad():
+            mt, _ = ema.encode(xt)
+            mv, lvv = ema.encode(xv)
+            err_v = (ema.decode(mv) - xv).pow(2).flatten(1).mean(1)
+            err_t = (ema.decode(mt) - xt).pow(2).flatten(1).mean(1)
+            max_abs_v = float((ema.decode(mv) - xv).abs().max())
+        train_s = time.perf_counter() - t_start
+    finally:
+        torch.set_num_threads(old_threads)
+
+    weights = out / f"{name}.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in ema.state_dict().items()}, str(weights))
+    shift = float(mt.double().mean())
+    scale = float(1.0 / mt.double().std())
+    latent_shape = list(mt.shape[1:])
+    mse_v = float(err_v.double().mean())
+    card = {
+        "name": name,
+        "weights": weights.name,
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "weights_bytes": weights.stat().st_size,
+        "data": recipe.data,
+        "data_shape": list(recipe.data_shape),
+        "latent_shape": latent_shape,
+        "compression": round(float(xt[0].numel()) / float(mt[0].numel()), 3),
+        "scaling_factor": scale,
+        "shift_factor": shift,
+        "loss": (f"E ||decode(z) - x||^2 + {beta:g} KL(q(z|x) || N(0, I)) / {int(dim)}, "
+                 "z ~ q(z|x) (reparametrised)"),
+        "net": dict(recipe.net),
+        "n_params": n_params(ema),
+        "recipe": {k: v for k, v in asdict(recipe).items()
+                   if k in ("steps", "batch", "lr", "warmup", "ema")} | {"beta": beta},
+        "steps": n_steps,
+        "seed": seed,
+        "final_train_loss": run_loss,
+        "reconstruction": {
+            "what": "decode(mean of q(z|x)) against x, pixels in [-1, 1]",
+            "val_mse": mse_v,
+            "val_rms": mse_v ** 0.5,
+            "val_psnr_db": 10.0 * math.log10(4.0 / mse_v),
+            "val_max_abs": None,      # set below
+            "train_mse": float(err_t.double().mean()),
+            "val_data": "180 held-out digits (models.data.digits_split)",
+        },
+        "posterior_std_mean": float((0.5 * lvv).exp().double().mean()),
+        "train_seconds": round(train_s, 1),
+        "threads": max(1, int(threads)),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "command": f"samplerbench train {name}",
+    }
+    card["reconstruction"]["val_max_abs"] = max_abs_v
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(card, indent=2) + "\n")
+    if log:
+        log(f"{name}: held-out reconstruction rms {mse_v ** 0.5:.4f} "
+            f"(PSNR {card['reconstruction']['val_psnr_db']:.1f} dB), {train_s:.0f} s -> {weights}")
     return path
 
 

@@ -148,6 +148,12 @@ _TRAINED = {
     "digits-rf": ("sklearn 8x8 digits, small U-Net, rectified-flow velocity", "rf", None),
     "digits-cond-rf": ("sklearn 8x8 digits, class-conditional U-Net (null class 10 for "
                        "classifier-free guidance), rectified-flow velocity", "rf", 10),
+    "digits-latent-rf": ("latent model: sklearn 8x8 digits in the 2x4x4 latent of the digits-ae "
+                         "autoencoder (decoded for FID), small U-Net, rectified-flow velocity",
+                         "rf", None),
+    "digits-latent-vp": ("latent model: sklearn 8x8 digits in the 2x4x4 latent of the digits-ae "
+                         "autoencoder (decoded for FID), small U-Net, eps-prediction",
+                         "vp-linear", None),
 }
 
 

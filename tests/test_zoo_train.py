@@ -16,7 +16,8 @@ from samplerbench.models.train import available_recipes, train
 def test_recipes_cover_the_shipped_models():
     assert available_recipes() == sorted(["moons-vp", "moons-rf", "checkerboard-vp",
                                           "checkerboard-rf", "digits-vp", "digits-rf",
-                                          "digits-cond-rf"])
+                                          "digits-cond-rf", "digits-ae", "digits-latent-vp",
+                                          "digits-latent-rf"])
 
 
 def test_short_run_is_reproducible_and_loads(tmp_path):
