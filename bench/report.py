@@ -346,6 +346,97 @@ def group_one_table(df: pd.DataFrame, most: int = 6) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def pixel_twin(model: str, models) -> str | None:
+    """The pixel-space model a latent model is compared with: its name without ``latent-``
+    (``digits-latent-rf`` -> ``digits-rf``), if that model is among ``models``."""
+    if "latent-" not in str(model):
+        return None
+    twin = str(model).replace("latent-", "", 1)
+    return twin if twin in set(models) else None
+
+
+def _column_entries(cells: pd.DataFrame, names: dict) -> dict:
+    entries: dict = {}
+    for _, r in cells.iterrows():
+        entries.setdefault(names[r["label"]], r)
+    return {lab: r for lab, r in entries.items() if _blocks(r, "fid")}
+
+
+def _first_group(entries: dict) -> tuple[list[str], str | None]:
+    labels = list(entries)
+    if not labels:
+        return [], None
+    groups = stats.rank_groups([{"value": entries[lab]["fid"],
+                                 "blocks": _blocks(entries[lab], "fid")} for lab in labels])
+    first = [lab for _, lab in sorted((entries[lab]["fid"], lab)
+                                      for lab, g in zip(labels, groups) if g == 1)]
+    return first, first[0]
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None below 3 pairs or for a
+    constant side."""
+    from scipy import stats as sps
+
+    if len(a) < 3:
+        return None
+    rho = sps.spearmanr(a, b).statistic
+    return float(rho) if math.isfinite(rho) else None
+
+
+def latent_pixel_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Latent vs pixel space (issue 14): for each latent model with a pixel-space twin
+    (:func:`pixel_twin`) and each NFE budget both were run at, whether sampling in the latent
+    space changes which solver wins.  Columns: the solvers in rank group 1 of each model (best
+    first, count), whether each model's best solver is in the other model's group 1, and
+    Spearman's rank correlation of the solvers' FIDs between the two models with its
+    delete-one-seed-block jackknife se (both models share the seed blocks).  Only solvers with
+    an ok, blocked cell in both models enter; aliases (identical samples) are one solver."""
+    ok = headline_cells(df)
+    models = list(dict.fromkeys(ok["model"]))
+    rows = []
+    for lat in models:
+        pix = pixel_twin(lat, models)
+        if pix is None:
+            continue
+        names = alias_names(ok[ok["model"] == pix])
+        names_l = alias_names(ok[ok["model"] == lat])
+        names.update({k: names.get(k, v) for k, v in names_l.items()})
+        budgets = sorted(set(ok[ok["model"] == pix]["nfe_budget"].astype(int))
+                         & set(ok[ok["model"] == lat]["nfe_budget"].astype(int)))
+        for b in budgets:
+            ep = _column_entries(ok[(ok["model"] == pix) & (ok["nfe_budget"] == b)], names)
+            el = _column_entries(ok[(ok["model"] == lat) & (ok["nfe_budget"] == b)], names)
+            both = sorted(set(ep) & set(el))
+            ep = {k: ep[k] for k in both}
+            el = {k: el[k] for k in both}
+            if len(both) < 3:
+                continue
+            gp, bp = _first_group(ep)
+            gl, bl = _first_group(el)
+            rho = spearman([ep[k]["fid"] for k in both], [el[k]["fid"] for k in both])
+            nb = {len(_blocks(ep[k], "fid")) for k in both} | {len(_blocks(el[k], "fid"))
+                                                                for k in both}
+            se = None
+            if len(nb) == 1:
+                loo = [spearman([_blocks(ep[k], "fid")[i] for k in both],
+                                [_blocks(el[k], "fid")[i] for k in both]) for i in range(nb.pop())]
+                se = stats.jackknife_se(loo) if all(v is not None for v in loo) else None
+            shown = 4
+            rows.append({
+                "pixel model": pix, "latent model": lat, "NFE budget": f"≤ {b}",
+                "solvers": len(both),
+                "pixel group 1": ", ".join(gp[:shown]) + (f" (+{len(gp) - shown})"
+                                                            if len(gp) > shown else ""),
+                "latent group 1": ", ".join(gl[:shown]) + (f" (+{len(gl) - shown})"
+                                                             if len(gl) > shown else ""),
+                "pixel best in latent g1": "yes" if bp in gl else "no",
+                "latent best in pixel g1": "yes" if bl in gp else "no",
+                "rank corr. ± se": "—" if rho is None else _num(rho, se),
+            })
+    return pd.DataFrame(rows)
+
+
 def _md(table: pd.DataFrame, index: bool = True) -> str:
     if table.empty:
         return "_no rows_\n"
@@ -540,6 +631,18 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
             doc.h(3, "Group 1 at each budget")
             doc.table(top, "The solvers no paired test separates from the best cell at each "
                       "NFE budget (FID ± se), best first")
+        lp = latent_pixel_table(df)
+        if not lp.empty:
+            doc.h(3, "Latent vs pixel space: does the winner change?")
+            doc.p("Each latent model against the pixel-space model of the same schedule and "
+                  "prediction, at the same NFE budgets and seeds. FID of the latent model is "
+                  "computed on its decoded images with the same feature network. Group 1: the "
+                  "solvers no paired test separates from the best cell (best first, count of "
+                  "the rest). Rank correlation: Spearman's ρ between the two models' FIDs over "
+                  "the solvers both ran, ± its delete-one-seed-block jackknife se.")
+            doc.table(lp, "Latent vs pixel: group 1, whether each best solver is in the other "
+                      "model's group 1, and the rank correlation of the solvers' FIDs",
+                      index=False)
         floors_txt = "; ".join(
             f"{m}: {float(headline_cells(df)[headline_cells(df)['model'] == m]['fid_floor'].iloc[0]):.3g}"
             for m in head_models if "fid_floor" in df)

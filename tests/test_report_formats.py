@@ -179,3 +179,48 @@ def test_report_reads_the_latest_row_of_each_cell(tmp_path):
     assert len(csv) == 4 and 123.0 not in set(csv["err_rms"])
     assert "1 older rows of the same cells in rows.jsonl superseded" in (
         out / "report" / "README.md").read_text()
+
+
+def test_latent_pixel_table_compares_group_one_and_rank_correlation():
+    """Latent vs pixel (issue 14): each latent model is paired with its pixel twin
+    (``digits-latent-rf`` -> ``digits-rf``); per budget, the group-1 sets, whether each best
+    solver is in the other model's group 1, and Spearman's rho with a jackknife se over the
+    delete-one-block values."""
+    import pandas as pd
+    from scipy import stats as sps
+
+    from samplerbench.bench.report import latent_pixel_table, pixel_twin
+
+    def row(model, solver, blocks, budget=8):
+        fid = sum(blocks) / len(blocks)
+        return {"model": model, "label": solver, "solver": solver, "nfe_budget": budget,
+                "steps": budget, "nfe": budget, "fid": fid, "fid_blocks": blocks,
+                "fid_se": 0.1, "status": "ok", "fid_features": "digits-features@x",
+                "x_fingerprint": [fid, hash(model) % 97], "x_rms": 1.0,
+                "state_dtype": "float32", "fid_floor": 1.9, "fid_floor_sd": 1.0,
+                "train_distinct": None}
+
+    pix = {"dpmpp_2m": [5.0, 5.2, 4.9, 5.1], "unipc_bh2": [5.1, 5.2, 5.0, 5.2],
+           "euler": [9.0, 9.4, 8.8, 9.1], "heun": [7.0, 7.3, 6.8, 7.2]}
+    lat = {"dpmpp_2m": [3.0, 3.1, 2.9, 3.0], "unipc_bh2": [6.0, 6.3, 5.8, 6.1],
+           "euler": [4.0, 4.2, 3.9, 4.1], "heun": [3.05, 3.12, 2.95, 3.02]}
+    df = pd.DataFrame([row("digits-rf", s, b) for s, b in pix.items()]
+                      + [row("digits-latent-rf", s, b) for s, b in lat.items()]
+                      + [row("digits-latent-vp", s, b) for s, b in lat.items()])
+    assert pixel_twin("digits-latent-rf", ["digits-rf"]) == "digits-rf"
+    assert pixel_twin("digits-latent-vp", ["digits-rf"]) is None
+    assert pixel_twin("digits-rf", ["digits-rf"]) is None
+    t = latent_pixel_table(df)
+    assert len(t) == 1                                   # digits-latent-vp has no twin here
+    r = t.iloc[0]
+    assert r["pixel model"] == "digits-rf" and r["latent model"] == "digits-latent-rf"
+    assert r["solvers"] == 4
+    assert r["pixel group 1"] == "dpmpp_2m, unipc_bh2"
+    assert r["latent group 1"].startswith("dpmpp_2m")
+    assert "unipc_bh2" not in r["latent group 1"]
+    assert r["pixel best in latent g1"] == "yes"
+    order = list(pix)
+    rho = sps.spearmanr([sum(pix[s]) / 4 for s in order], [sum(lat[s]) / 4 for s in order])[0]
+    assert r["rank corr. ± se"].startswith(f"{rho:.2f}") or r["rank corr. ± se"].startswith(
+        f"{rho:.3g}")
+    assert "±" in r["rank corr. ± se"]
