@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps k-diffusion
 	touch $(STAMP)
 
-TRAINED := moons-vp,moons-rf,checkerboard-vp,checkerboard-rf,digits-vp,digits-rf
+TRAINED := moons-vp,moons-rf,checkerboard-vp,checkerboard-rf,digits-vp,digits-rf,digits-latent-vp,digits-latent-rf
 
 bench: $(STAMP)
 	$(BIN)/samplerbench run bench/matrices/quick.toml --out results/quick
