@@ -382,3 +382,14 @@ def test_cfg_pp_differs_from_cfg():
     sa = a.solve(a.make_dynamics(guided(den, 1.0), cond={"y": y}), x.clone(), g)
     sb = b.solve(b.make_dynamics(guided(den, 1.0), cond={"y": y}), x.clone(), g)
     assert _rel(sa.x, sb.x) > 1e-3
+
+
+def test_spec_guidance_reaches_cfg_pp_range():
+    """Specs take w >= -1 (CFG++'s lambda = 1 + w in [0, 1]); below -1 is a user error."""
+    from samplerbench.bench.spec import parse_spec
+    from samplerbench.models.errors import UserError
+
+    raw = {"models": ["digits-cond-rf"], "solvers": ["euler_cfg_pp"], "steps": [4]}
+    assert parse_spec({**raw, "guidance": [-1.0, -0.4, 0.0]}).guidance == [-1.0, -0.4, 0.0]
+    with pytest.raises(UserError, match="guidance"):
+        parse_spec({**raw, "guidance": [-1.5]})
