@@ -166,10 +166,11 @@ def _dpmpp_3s(dynamics, x, grid):
     """Data-prediction DPM-Solver-3 (dpm-solver's singlestep_dpm_solver_third_update,
     algorithm_type="dpmsolver++", solver_type="dpmsolver", r1 = 1/3, r2 = 2/3), t_min grid."""
     sched = dynamics.schedule
-    lam = lambda t: float(sched.log_snr(torch.tensor(t, dtype=torch.float64))) / 2  # noqa: E731
-    t_of = lambda l: float(sched.t_from_log_snr(torch.tensor(2 * l, dtype=torch.float64)))  # noqa: E731
-    a = lambda t: float(sched.alpha(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
-    s = lambda t: float(sched.sigma(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    lam = lambda t: float(sched.log_snr(f64(t))) / 2  # noqa: E731
+    t_of = lambda l: float(sched.t_from_log_snr(f64(2 * l)))  # noqa: E731
+    a = lambda t: float(sched.alpha(f64(t)))  # noqa: E731
+    s = lambda t: float(sched.sigma(f64(t)))  # noqa: E731
     ts = grid.t.tolist()
     for t0, t1 in zip(ts[:-1], ts[1:]):
         r1, r2 = 1 / 3, 2 / 3
