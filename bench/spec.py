@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -284,9 +285,10 @@ def parse_spec(raw: dict, default_name: str = "adhoc", base=None) -> Spec:
     if "guidance" in raw:
         guidance = _list(raw, "guidance")
         for w in guidance:
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-                raise UserError("guidance", w, hint="classifier-free guidance weights w >= 0, "
-                                "e.g. [0.0, 1.0, 3.0]")
+            # w >= -1: -1 is the unconditional half, [-1, 0] CFG++'s scale lambda = 1 + w in [0, 1]
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not -1 <= w < math.inf:
+                raise UserError("guidance", w, hint="classifier-free guidance weights w >= -1 "
+                                "(0 = conditional, -1 = unconditional), e.g. [0.0, 1.0, 3.0]")
         guidance = [float(w) for w in guidance]
     dtype = _list(raw, "dtype", ["float32"])
     for d in dtype:

@@ -206,7 +206,8 @@ class CountingDenoiser(DenoiserWrapper):
         # the instance dict directly: nn.Module.__setattr__ costs ~3 us a call in the hot loop
         d = self.__dict__
         d["nfe"] += 1
-        d["forward_passes"] += d["forward_passes_per_call"]
+        # a guided call that also returns the unconditional half (CFG++) always runs both
+        d["forward_passes"] += 2 if cond.get("cfg_uncond") else d["forward_passes_per_call"]
         return d["_call_inner"](x, t, **cond)
 
     def reset(self) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from samplerbench.models.conversions import eps_from_x0, expand_like, velocity_from_x0_eps
 from samplerbench.models.denoiser import CountingDenoiser, Denoiser
+from samplerbench.models.guidance import UNCOND_KEY, provides_uncond
 
 Tensor = torch.Tensor
 
@@ -45,6 +46,41 @@ class _Dynamics(torch.nn.Module):
         """x0_hat = D(x, t); 1 NFE.  ``t`` is a scalar or per-sample [B]."""
         if isinstance(t, (float, int)):
             # the per-sample time vector of a scalar time is built once per (t, batch, dtype)
+            # (inline here rather than ``_tv``: this is the hot path of every solver)
+            key = (float(t), x.shape[0], x.dtype, x.device)
+            tv = self._tvec.get(key)
+            if tv is None:
+                tv = self._tv(t, x)
+        else:
+            tv = self._t(t, x).to(x.dtype)
+        # the counting wrapper is ours and has no hooks: call its forward directly
+        return self.denoiser.forward(x, tv, **self.cond)
+
+    @property
+    def guided(self) -> bool:
+        """Whether the denoiser is classifier-free guided (``denoise_pair`` then returns the
+        unconditional output separately)."""
+        g = self.__dict__.get("_guided")
+        if g is None:
+            g = self.__dict__["_guided"] = provides_uncond(self.denoiser)
+        return g
+
+    def denoise_pair(self, t, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(x0_hat, x0_uncond) at t, 1 NFE: the guided output and the unconditional one, for
+        samplers that use both (CFG++).  Under classifier-free guidance both halves run (2 forward
+        passes, also at w = 0); without guidance there is no other output and x0_uncond *is*
+        x0_hat (the same tensor object: callers may test ``is``)."""
+        if not self.guided:
+            x0 = self.denoise(t, x)
+            return x0, x0
+        both = self.denoiser.forward(x, self._tv(t, x), **self.cond, **{UNCOND_KEY: True})
+        B = x.shape[0]
+        return both[:B], both[B:]
+
+    def _tv(self, t, x: Tensor) -> Tensor:
+        """The per-sample time vector [B] in x's dtype."""
+        if isinstance(t, (float, int)):
+            # the per-sample time vector of a scalar time is built once per (t, batch, dtype)
             key = (float(t), x.shape[0], x.dtype, x.device)
             tv = self._tvec.get(key)
             if tv is None:
@@ -54,8 +90,7 @@ class _Dynamics(torch.nn.Module):
                                                   device=x.device)
         else:
             tv = self._t(t, x).to(x.dtype)
-        # the counting wrapper is ours and has no hooks: call its forward directly
-        return self.denoiser.forward(x, tv, **self.cond)
+        return tv
 
     def prime(self, times) -> None:
         """Compute alpha, sigma, alpha', sigma' at every time in ``times`` in one vectorised float64

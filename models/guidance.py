@@ -11,6 +11,12 @@ Counting: one guided evaluation is 1 NFE (the solver's view) and 2 network forwa
 (``forward_passes_per_call = 2``; the conditional and unconditional halves run as one batched
 call).  With w = 0 the unconditional half is skipped and an evaluation is 1 forward pass.
 
+CFG++ (Chung et al. 2024) needs the unconditional half on its own: a caller that passes
+``cfg_uncond=True`` (the cond key :data:`UNCOND_KEY`; ``_Dynamics.denoise_pair`` does) gets both
+halves, ``cat([x0_guided, x0_uncond])`` along the batch -- one tensor, so the cast / timing /
+compile wrappers pass it through untouched.  Both halves always run then (also at w = 0), and the
+counting wrapper records 2 forward passes for that 1 NFE.
+
 Labels are per sample.  They come from the ``cond`` dict (``y``, passed through
 ``dynamics.cond``) or are bound at construction; :func:`class_labels` gives the convention
 ``label_i = seed_i mod num_classes``, so a sample's label, like its noise, depends on its seed only.
@@ -27,6 +33,18 @@ from samplerbench.models.denoiser import Denoiser, DenoiserWrapper
 from samplerbench.models.errors import UserError
 
 Tensor = torch.Tensor
+
+UNCOND_KEY = "cfg_uncond"      # cond key: also return the unconditional half (see above)
+
+
+def provides_uncond(den) -> bool:
+    """Whether ``den`` (or a wrapper chain around it) is classifier-free guided, i.e. can return
+    the unconditional output separately (``UNCOND_KEY``)."""
+    while den is not None:
+        if isinstance(den, CFGDenoiser):
+            return True
+        den = getattr(den, "inner", None)
+    return False
 
 
 def class_labels(seeds: Sequence[int], num_classes: int) -> Tensor:
@@ -68,7 +86,7 @@ class CFGDenoiser(DenoiserWrapper):
                             hint=f"integers in 0..{self.num_classes - 1}, one per sample")
         return y
 
-    def forward(self, x, t, y=None, **cond):
+    def forward(self, x, t, y=None, cfg_uncond=False, **cond):
         B = x.shape[0]
         y = self.labels if y is None else self._check_labels(y)
         if y is None:
@@ -81,13 +99,14 @@ class CFGDenoiser(DenoiserWrapper):
                             hint=f"one label per sample: the batch has {B}")
         y = y.to(x.device)
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(B)
-        if self.w == 0.0:
+        if self.w == 0.0 and not cfg_uncond:
             return self.inner(x, t, y=y, **cond)
         null = torch.full_like(y, self.num_classes)
         both = self.inner(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]),
                           **{k: _twice(v) for k, v in cond.items()})
         x0_c, x0_u = both[:B], both[B:]
-        return x0_c + self.w * (x0_c - x0_u)
+        guided = x0_c if self.w == 0.0 else x0_c + self.w * (x0_c - x0_u)
+        return torch.cat([guided, x0_u]) if cfg_uncond else guided
 
 
 def _twice(v):

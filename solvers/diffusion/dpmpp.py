@@ -118,7 +118,10 @@ class DPMSolverPP2M(_Multistep):
                              f"got {self.lower_order_final!r}")
 
     def step(self, dynamics, t0, t1, x, state, noise):
-        x0 = dynamics.denoise(t0, x)
+        return self.update(dynamics, t0, t1, x, state, dynamics.denoise(t0, x))
+
+    def update(self, dynamics, t0, t1, x, state, x0):
+        """The step from (t0, x) to t1 given x0_hat = D(x, t0) (shared with ``dpmpp_2m_cfg_pp``)."""
         l0, l1 = fused.lam(dynamics, t0), fused.lam(dynamics, t1)
         h = l1 - l0
         last = (self.lower_order_final and state["final"] == "t_min" and state["grid_steps"] < 15
