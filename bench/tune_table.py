@@ -3,7 +3,7 @@
     python -m samplerbench.bench.tune_table --out FILE.md [--models gmm2d,gmm64,...]
         [--solvers dpmpp_2m,unipc_bh2,euler,heun,ipndm] [--nfe 4,6,8,10]
         [--grids ays,kl_optimal,beta,logsnr] [--seeds-cal 64] [--seeds-eval 256] [--maxfev N]
-        [--rows FILE.jsonl]
+        [--rows FILE.jsonl] [--grid-dir DIR]
 
 For every (model, solver, NFE budget): the step count N is the largest within the budget on
 karras (``bench/budgets.py``); ``tune-grid`` (``bench/tune.py``, reference objective, ends fixed)
@@ -38,6 +38,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -110,7 +111,7 @@ def table_cell(model, den, solver_name, budget, grids, seeds_cal, seeds_eval, ma
             "nfe": meta["nfe"], "seeds_calibration": meta["seeds_calibration"],
             "seeds_held_out": meta["seeds_held_out"], "tuned_values": spec["values"],
             "evaluations": meta["optimizer"]["evaluations"], "tune_s": meta["wall_s"],
-            "other_interval": other_interval,
+            "other_interval": other_interval, "spec": spec,
             "errors": {g: {k2: v for k2, v in st.items() if k2 != "blocks"}
                        for g, st in stats.items()}}
 
@@ -158,9 +159,11 @@ def main(argv=None) -> int:
     p.add_argument("--seeds-cal", type=int, default=64)
     p.add_argument("--seeds-eval", type=int, default=256)
     p.add_argument("--maxfev", type=int, help="evaluations per tuning (default tune-grid's)")
+    p.add_argument("--grid-dir", help="also write each tuned grid spec (tune-grid's JSON, for "
+                   "--grid @FILE.json) here as MODEL_SOLVER_nfeB.json")
     args = p.parse_args(argv)
     try:
-        from samplerbench.bench.store import check_out_file
+        from samplerbench.bench.store import atomic_write_text, check_out_file
 
         out = check_out_file(args.out, "--out")
         rows_path = check_out_file(args.rows, "--rows") if args.rows else None
@@ -187,6 +190,12 @@ def main(argv=None) -> int:
                         print(f"{m} {s} nfe<={b}: no interior point, skipped", file=sys.stderr)
                         continue
                     row["cell_s"] = round(time.perf_counter() - c0, 2)
+                    spec = row.pop("spec")
+                    if args.grid_dir:
+                        gdir = Path(args.grid_dir)
+                        gdir.mkdir(parents=True, exist_ok=True)
+                        atomic_write_text(gdir / f"{m}_{s}_nfe{row['nfe']}.json",
+                                          json.dumps(spec, indent=1) + "\n")
                     rows.append(row)
                     e = row["errors"]
                     print(f"{m} {s} {row['nfe']} NFE: karras {e['karras']['mean']:.3e} tuned "
@@ -201,8 +210,6 @@ def main(argv=None) -> int:
                   f"(reference objective, Nelder-Mead) vs fixed grids; bold: lowest; †: another "
                   f"start, so another x_init and reference (not like-for-like, never bold). "
                   f"{len(rows)} cells, {total:.0f} s.\n")
-        from samplerbench.bench.store import atomic_write_text
-
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, markdown(rows, grids, header))
         print(f"wrote {out}: {len(rows)} cells in {total:.0f} s")
