@@ -79,3 +79,34 @@ def test_tune_table_writes_reusable_grid_files(tmp_path):
     assert grid.t[:-1].tolist() == row["tuned_values"] and grid.t[-1] == 0.0
     meta = json.loads((gdir / "gmm2d_euler_nfe4.json").read_text())["metadata"]
     assert meta["seeds_held_out"] == row["seeds_held_out"] == {"first": 8, "count": 16}
+
+
+def test_tune_table_paired_counts_and_rebuild_from_rows(tmp_path):
+    from samplerbench.bench.tune_table import main as table_main
+    from samplerbench.bench.tune_table import paired_counts
+
+    def cell(tuned, beta, other=()):
+        k = {"mean": 1.0, "se": 0.1}
+        return {"model": "gmm2d", "solver": "euler", "nfe": 6, "steps": 6, "cell_s": 2.5,
+                "seeds_held_out": {"first": 8, "count": 16},
+                "seeds_calibration": {"first": 0, "count": 8}, "other_interval": list(other),
+                "errors": {"karras": k,
+                           "tuned": {"mean": 1 + tuned[0], "se": 0.1, "diff": tuned[0],
+                                     "diff_se": 0.1, "p": tuned[1]},
+                           "beta": {"mean": 1 + beta[0], "se": 0.1, "diff": beta[0],
+                                    "diff_se": 0.1, "p": beta[1]}}}
+
+    rows = [cell((-0.5, 0.001), (0.3, 0.01)), cell((-0.2, 0.2), (0.1, 0.04)),
+            cell((-0.4, 0.01), (-0.9, 0.001), other=["beta"])]
+    table = paired_counts(rows, ["beta"]).splitlines()
+    assert table[2] == "| tuned | 2 | 1 | 0 | 0 | -40% |"      # median of -50, -20, -40 %
+    assert table[3] == "| beta | 0 | 0 | 2 | 1 | +30% |"        # the other start not counted
+    f = tmp_path / "r.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "t.md"
+    assert table_main(["--out", str(out), "--from-rows", str(f), "--grids", "beta"]) == 0
+    md = out.read_text()
+    assert "16 seeds after 8 calibration seeds" in md and "3 cells, 8 s." in md
+    assert "| gmm2d | euler | 6 | 6 | 1.000e+00 ± 1.0e-01 | **5.000e-01 ± 1.0e-01** | -50.0% ± 10.0%" in md
+    assert table[3] in md
+    assert table_main(["--out", str(out), "--from-rows", str(tmp_path / "none.jsonl")]) == 2
