@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from samplerbench.bench import stats
+from samplerbench.bench.report import solver_label
 from samplerbench.bench.store import atomic_write_text, latest_rows, read_rows
 from samplerbench.models.errors import UserError
 
@@ -51,8 +52,7 @@ def compare(rows: list[dict], metric: str = "fid", baseline: str = "karras",
     for r in rows:
         if r.get("status") != "ok" or r.get(metric) is None:
             continue
-        solver = r["solver"] + (json.dumps(r["solver_params"], sort_keys=True)
-                                if r.get("solver_params") else "")
+        solver = solver_label(r["solver"], r.get("solver_params"))      # non-default params
         solver += f" [{r['noise']}]" if r.get("noise") else ""
         key = (r["model"], solver, r["steps"], r["nfe"], r["seed"], r["n_samples"])
         groups.setdefault(key, []).append(r)
@@ -72,7 +72,7 @@ def compare(rows: list[dict], metric: str = "fid", baseline: str = "karras",
                                  _blocks(base[0], metric))
                 d.update(diff=t["diff"], diff_se=t["se"], p=t["p"])
             out.append(d)
-    out.sort(key=lambda d: (d["model"], d["solver"], d["nfe"], d["group"], d["value"]))
+    out.sort(key=lambda d: (d["model"], d["solver"], d["nfe"], d["value"]))
     return out
 
 

@@ -12,7 +12,8 @@ from samplerbench.bench.grid_table import compare, main, markdown
 
 
 def _row(grid, fid, blocks, params=None, **kw):
-    r = {"case_id": f"{grid}-{fid}", "model": "m", "solver": "dpmpp_2m", "solver_params": {}, "noise": None, "steps": 6,
+    r = {"case_id": f"{grid}-{fid}", "model": "m", "solver": "dpmpp_2m",
+         "solver_params": {"lower_order_final": True}, "noise": None, "steps": 6,
          "nfe": 6, "seed": 10000, "n_samples": 2048, "status": "ok", "grid": grid,
          "grid_params": params or {}, "fid": fid, "fid_se": 0.5, "fid_blocks": json.dumps(blocks),
          "fid_floor": 1.9, "fid_floor_sd": 1.0}
@@ -28,10 +29,12 @@ def test_paired_difference_and_rank_groups_are_the_jackknife_ones():
     rows = [_row("karras", 10.0, k, {"rho": 7.0}), _row("list", 8.0, t, {"values": [1, 2]}),
             _row("beta", 30.0, far, {"alpha": 0.6}),
             _row("karras", 99.0, k, {"rho": 7.0}, status="diverged"),       # left out
-            _row("karras", 12.0, k, {"rho": 7.0}, nfe=10, steps=10)]        # another key
+            _row("karras", 12.0, k, {"rho": 7.0}, nfe=10, steps=10),        # another key
+            _row("karras", 13.0, k, {"rho": 7.0}, solver_params={"lower_order_final": False})]
     out = compare(rows, names={"list": "tuned"})
     assert [(e["grid"], e["nfe"]) for e in out] == [
-        ("tuned", 6), ("karras", 6), ("beta(alpha=0.6)", 6), ("karras", 10)]
+        ("tuned", 6), ("karras", 6), ("beta(alpha=0.6)", 6), ("karras", 10), ("karras", 6)]
+    assert out[-1]["solver"] == "dpmpp_2m(lower_order_final=False)"      # non-default: shown
     tuned, karras, beta = out[:3]
     d = [-2.0, -2.0, -2.0, -1.0]
     mean = sum(d) / 4
@@ -107,6 +110,7 @@ def test_tune_table_paired_counts_and_rebuild_from_rows(tmp_path):
     assert table_main(["--out", str(out), "--from-rows", str(f), "--grids", "beta"]) == 0
     md = out.read_text()
     assert "16 seeds after 8 calibration seeds" in md and "3 cells, 8 s." in md
-    assert "| gmm2d | euler | 6 | 6 | 1.000e+00 ± 1.0e-01 | **5.000e-01 ± 1.0e-01** | -50.0% ± 10.0%" in md
+    assert ("| gmm2d | euler | 6 | 6 | 1.000e+00 ± 1.0e-01 | **5.000e-01 ± 1.0e-01** | "
+            "-50.0% ± 10.0%") in md
     assert table[3] in md
     assert table_main(["--out", str(out), "--from-rows", str(tmp_path / "none.jsonl")]) == 2
