@@ -126,9 +126,15 @@ def main(argv=None) -> int:
         entries = compare(rows, args.metric, args.baseline, names)
         if not entries:
             raise UserError("--metric", args.metric, hint="no ok rows carry it in these runs")
+        bad = [f"- {r['model']} {solver_label(r['solver'], r.get('solver_params'))} "
+               f"{r['nfe']} NFE, grid {grid_label(r, names)}: {r['status']} ({r['message']})"
+               for r in rows if r.get("status") != "ok"]
+        text = markdown(entries, args.metric, args.baseline)
+        if bad:
+            text += "\nCells left out (not ok):\n\n" + "\n".join(bad) + "\n"
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, markdown(entries, args.metric, args.baseline))
+        atomic_write_text(out, text)
         print(f"wrote {out}: {len(entries)} cells")
         return 0
     except UserError as exc:

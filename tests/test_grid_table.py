@@ -53,11 +53,14 @@ def test_cli_writes_the_table_and_rejects_a_missing_run(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     rows = [_row("karras", 10.0, [10.0, 11.0, 9.0, 10.0]),
-            _row("logsnr", 11.0, [11.0, 12.0, 10.0, 11.5])]
+            _row("logsnr", 11.0, [11.0, 12.0, 10.0, 11.5]),
+            _row("beta", None, None, status="diverged", message="blew up")]
     (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "t.md"
     assert main([str(run), "--out", str(out)]) == 0
-    assert "| dpmpp_2m | 6 | logsnr | 11.00 ± 0.50 | +1.00 ± " in out.read_text()
+    text = out.read_text()
+    assert "| dpmpp_2m | 6 | logsnr | 11.00 ± 0.50 | +1.00 ± " in text
+    assert "- m dpmpp_2m 6 NFE, grid beta: diverged (blew up)" in text
     assert main([str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "RUN_DIR" in capsys.readouterr().err
     assert main([str(run), "--out", str(out), "--name", "list"]) == 2
@@ -114,3 +117,12 @@ def test_tune_table_paired_counts_and_rebuild_from_rows(tmp_path):
             "-50.0% ± 10.0%") in md
     assert table[3] in md
     assert table_main(["--out", str(out), "--from-rows", str(tmp_path / "none.jsonl")]) == 2
+
+
+def test_report_file_names_of_long_grid_labels_stay_short():
+    from samplerbench.bench.report import _slug
+
+    assert _slug("ays{\"model\": \"svd\"}") == "ays__model____svd__"            # short: as before
+    a = _slug("list" + json.dumps({"values": [0.1 * i for i in range(10)]}))
+    b = _slug("list" + json.dumps({"values": [0.1 * i for i in range(11)]}))
+    assert len(a) == 71 and a != b and a[:60] == b[:60]           # cut + hash of the whole
