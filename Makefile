@@ -62,7 +62,7 @@ readme-headline:
 	lambda m: m.group(1) + t + '\n' + m.group(2), r.read_text(), flags=re.S))"
 
 # What the grid is worth (results/grids/README.md; ~40 min of one core for the analytic table,
-# ~25 min for the digits part): tuned grids vs karras/ays/kl_optimal/beta/logsnr, held-out seeds
+# ~65 min for the digits part): tuned grids vs karras/ays/kl_optimal/beta/logsnr, held-out seeds
 GRID_DIGITS := digits-vp_dpmpp_2m_nfe6 digits-vp_dpmpp_2m_nfe10 digits-rf_dpmpp_2m_nfe6 digits-rf_dpmpp_2m_nfe10 \
 	digits-vp_unipc_bh2_nfe6 digits-vp_unipc_bh2_nfe10 digits-rf_unipc_bh2_nfe6 digits-rf_unipc_bh2_nfe10
 
@@ -78,6 +78,8 @@ grids: $(STAMP)
 	done
 	$(BIN)/python -m samplerbench.bench.grid_table $(addprefix results/grids/digits/,$(GRID_DIGITS)) \
 		--name list=tuned --out results/grids/digits/table.md
+	OMP_NUM_THREADS=1 $(BIN)/python -m samplerbench.bench.tune_check results/grids/digits/tuned/*.json \
+		--out results/grids/digits/finecheck.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
