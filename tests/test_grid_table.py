@@ -126,3 +126,21 @@ def test_report_file_names_of_long_grid_labels_stay_short():
     a = _slug("list" + json.dumps({"values": [0.1 * i for i in range(10)]}))
     b = _slug("list" + json.dumps({"values": [0.1 * i for i in range(11)]}))
     assert len(a) == 71 and a != b and a[:60] == b[:60]           # cut + hash of the whole
+
+
+def test_tune_check_fine_solve_matches_the_float64_reference(tmp_path):
+    """On gmm2d the fine dpmpp_2m solve stands in for the dopri8 reference: the start and tuned
+    grids' errors against it are tune-grid's held-out err_rms (same seeds) to < 1 %."""
+    from samplerbench.bench.tune import tune_grid
+    from samplerbench.bench.tune_check import check
+
+    spec = tune_grid("gmm2d", "euler", steps=4, seeds_cal=8, seeds_eval=16, maxfev=30)
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps(spec))
+    r = check(str(f), fine_steps=200)
+    held = spec["metadata"]["errors"]["held_out"]
+    assert r["seeds"] == {"first": 8, "count": 16}
+    assert r["start"] == pytest.approx(held["start"], rel=1e-2)
+    assert r["tuned"] == pytest.approx(held["tuned"], rel=1e-2)
+    assert r["diff"] == pytest.approx(r["tuned"] - r["start"], rel=1e-12) and r["diff"] < 0
+    assert r["fine_err"] < 1e-2 * r["tuned"]
