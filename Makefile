@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.samplerbench-installed
 
-.PHONY: venv bench test perf full headline readme-headline clean
+.PHONY: venv bench test perf full headline readme-headline grids clean
 
 venv: $(STAMP)
 
@@ -60,6 +60,26 @@ readme-headline:
 	t = pathlib.Path('results/headline/report/summary.md').read_text().strip(); \
 	r.write_text(re.sub(r'(<!-- headline:start -->\n).*?(<!-- headline:end -->)', \
 	lambda m: m.group(1) + t + '\n' + m.group(2), r.read_text(), flags=re.S))"
+
+# What the grid is worth (results/grids/README.md; ~40 min of one core for the analytic table,
+# ~65 min for the digits part): tuned grids vs karras/ays/kl_optimal/beta/logsnr, held-out seeds
+GRID_DIGITS := digits-vp_dpmpp_2m_nfe6 digits-vp_dpmpp_2m_nfe10 digits-rf_dpmpp_2m_nfe6 digits-rf_dpmpp_2m_nfe10 \
+	digits-vp_unipc_bh2_nfe6 digits-vp_unipc_bh2_nfe10 digits-rf_unipc_bh2_nfe6 digits-rf_unipc_bh2_nfe10
+
+grids: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m samplerbench.bench.tune_table --out results/grids/analytic.md \
+		--rows results/grids/analytic.jsonl --grid-dir results/grids/tuned
+	for c in $(GRID_DIGITS); do \
+		set -- $$(echo $$c | tr _ ' '); \
+		OMP_NUM_THREADS=1 $(BIN)/samplerbench tune-grid $$1 $$2_$$3 --nfe $${4#nfe} --objective refine \
+			--seeds-cal 64 --seeds-eval 64 --maxfev 600 --out results/grids/digits/tuned/$$c.json --quiet || exit 1; \
+		$(BIN)/samplerbench run results/grids/digits/specs/$$c.toml --out results/grids/digits/$$c --quiet || exit 1; \
+		$(BIN)/samplerbench report results/grids/digits/$$c --format md,csv || exit 1; \
+	done
+	$(BIN)/python -m samplerbench.bench.grid_table $(addprefix results/grids/digits/,$(GRID_DIGITS)) \
+		--name list=tuned --out results/grids/digits/table.md
+	OMP_NUM_THREADS=1 $(BIN)/python -m samplerbench.bench.tune_check results/grids/digits/tuned/*.json \
+		--out results/grids/digits/finecheck.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -462,8 +462,15 @@ def _latex(table: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines)
 
 
-def _slug(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
+def _slug(s: str, most: int = 60) -> str:
+    """A file-name-safe form of ``s``; a long one (a ``list`` grid's values) is cut to ``most``
+    characters plus a hash of the whole, so that file names stay within the OS's limit."""
+    out = "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
+    if len(out) > most:
+        import hashlib
+
+        out = out[:most] + "_" + hashlib.sha1(s.encode()).hexdigest()[:10]
+    return out
 
 
 class Doc:

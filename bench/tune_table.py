@@ -3,7 +3,8 @@
     python -m samplerbench.bench.tune_table --out FILE.md [--models gmm2d,gmm64,...]
         [--solvers dpmpp_2m,unipc_bh2,euler,heun,ipndm] [--nfe 4,6,8,10]
         [--grids ays,kl_optimal,beta,logsnr] [--seeds-cal 64] [--seeds-eval 256] [--maxfev N]
-        [--rows FILE.jsonl]
+        [--rows FILE.jsonl] [--grid-dir DIR]
+    python -m samplerbench.bench.tune_table --out FILE.md --from-rows A.jsonl [B.jsonl ...]
 
 For every (model, solver, NFE budget): the step count N is the largest within the budget on
 karras (``bench/budgets.py``); ``tune-grid`` (``bench/tune.py``, reference objective, ends fixed)
@@ -38,6 +39,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -110,7 +112,7 @@ def table_cell(model, den, solver_name, budget, grids, seeds_cal, seeds_eval, ma
             "nfe": meta["nfe"], "seeds_calibration": meta["seeds_calibration"],
             "seeds_held_out": meta["seeds_held_out"], "tuned_values": spec["values"],
             "evaluations": meta["optimizer"]["evaluations"], "tune_s": meta["wall_s"],
-            "other_interval": other_interval,
+            "other_interval": other_interval, "spec": spec,
             "errors": {g: {k2: v for k2, v in st.items() if k2 != "blocks"}
                        for g, st in stats.items()}}
 
@@ -146,10 +148,45 @@ def _mean(e, col, other_interval):
     return e[col]["mean"]
 
 
+def paired_counts(rows: list[dict], grids, level: float = 0.05) -> str:
+    """Per grid (tuned and ``grids``): in how many cells it is significantly better than karras,
+    not separated from it, or significantly worse (paired test on the held-out seeds, two-sided
+    ``level``), with the median relative difference; cells where the grid starts elsewhere
+    (another x_init) are counted apart."""
+    cols = ["tuned"] + [g for g in grids if g != "tuned"]
+    lines = [f"| grid vs karras | better (p < {level:g}) | not separated | worse (p < {level:g}) "
+             "| other start | median change |", "|---|---|---|---|---|---|"]
+    for g in cols:
+        better = same = worse = other = 0
+        rel = []
+        for r in rows:
+            st, k = r["errors"].get(g), r["errors"]["karras"]
+            if st is None:
+                continue
+            if g in r.get("other_interval", []):
+                other += 1
+                continue
+            if st.get("p") is None:
+                continue
+            rel.append(st["diff"] / k["mean"] if k["mean"] else float("nan"))
+            if st["p"] >= level:
+                same += 1
+            elif st["diff"] < 0:
+                better += 1
+            else:
+                worse += 1
+        med = f"{sorted(rel)[len(rel) // 2]:+.0%}" if rel else ""
+        lines.append(f"| {g} | {better} | {same} | {worse} | {other} | {med} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m samplerbench.bench.tune_table",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="markdown file to write")
+    p.add_argument("--from-rows", nargs="+", metavar="FILE.jsonl",
+                   help="compute nothing: rebuild the table from rows files written by --rows "
+                   "(e.g. of runs split by model)")
     p.add_argument("--rows", help="also write one JSON row per cell here (.jsonl)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--solvers", default=",".join(SOLVERS))
@@ -158,9 +195,11 @@ def main(argv=None) -> int:
     p.add_argument("--seeds-cal", type=int, default=64)
     p.add_argument("--seeds-eval", type=int, default=256)
     p.add_argument("--maxfev", type=int, help="evaluations per tuning (default tune-grid's)")
+    p.add_argument("--grid-dir", help="also write each tuned grid spec (tune-grid's JSON, for "
+                   "--grid @FILE.json) here as MODEL_SOLVER_nfeB.json")
     args = p.parse_args(argv)
     try:
-        from samplerbench.bench.store import check_out_file
+        from samplerbench.bench.store import atomic_write_text, check_out_file
 
         out = check_out_file(args.out, "--out")
         rows_path = check_out_file(args.rows, "--rows") if args.rows else None
@@ -176,7 +215,13 @@ def main(argv=None) -> int:
         grids = [g for g in args.grids.split(",") if g]
         t0 = time.perf_counter()
         rows = []
-        for m in models:
+        for path in args.from_rows or []:
+            try:
+                rows += [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+            except (OSError, json.JSONDecodeError) as exc:
+                raise UserError("--from-rows", path, hint=f"a .jsonl file written by --rows: "
+                                f"{exc}") from None
+        for m in models if not args.from_rows else []:
             den = load_model(m)
             for s in [x for x in args.solvers.split(",") if x]:
                 for b in budgets:
@@ -187,6 +232,12 @@ def main(argv=None) -> int:
                         print(f"{m} {s} nfe<={b}: no interior point, skipped", file=sys.stderr)
                         continue
                     row["cell_s"] = round(time.perf_counter() - c0, 2)
+                    spec = row.pop("spec")
+                    if args.grid_dir:
+                        gdir = Path(args.grid_dir)
+                        gdir.mkdir(parents=True, exist_ok=True)
+                        atomic_write_text(gdir / f"{m}_{s}_nfe{row['nfe']}.json",
+                                          json.dumps(spec, indent=1) + "\n")
                     rows.append(row)
                     e = row["errors"]
                     print(f"{m} {s} {row['nfe']} NFE: karras {e['karras']['mean']:.3e} tuned "
@@ -195,16 +246,20 @@ def main(argv=None) -> int:
                     if rows_path:
                         with open(rows_path, "a") as f:
                             f.write(json.dumps(row) + "\n")
-        total = time.perf_counter() - t0
+        total = (sum(r.get("cell_s", 0.0) for r in rows) if args.from_rows
+                 else time.perf_counter() - t0)
+        if args.from_rows and rows:
+            args.seeds_eval = rows[0]["seeds_held_out"]["count"]
+            args.seeds_cal = rows[0]["seeds_calibration"]["count"]
         header = (f"Held-out err_rms ({args.seeds_eval} seeds after {args.seeds_cal} calibration "
                   f"seeds; mean ± jackknife se over seed blocks), tuned by `tune-grid` "
                   f"(reference objective, Nelder-Mead) vs fixed grids; bold: lowest; †: another "
                   f"start, so another x_init and reference (not like-for-like, never bold). "
                   f"{len(rows)} cells, {total:.0f} s.\n")
-        from samplerbench.bench.store import atomic_write_text
-
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, markdown(rows, grids, header))
+        atomic_write_text(out, markdown(rows, grids, header)
+                          + "\nPaired tests against karras on the held-out seeds, over the "
+                          f"{len(rows)} cells:\n\n" + paired_counts(rows, grids))
         print(f"wrote {out}: {len(rows)} cells in {total:.0f} s")
         return 0
     except UserError as exc:
