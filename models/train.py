@@ -161,6 +161,34 @@ def _val_loss(net, recipe: Recipe, sched, xv: Tensor, yv: Tensor | None) -> floa
     return total / count
 
 
+def _start(recipe: Recipe, seed: int):
+    """(network, its EMA copy, Adam, the batch/noise generator), all from ``seed``."""
+    torch.manual_seed(seed)
+    net = build_net(recipe.net)
+    ema = build_net(recipe.net)
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
+    return net, ema, opt, torch.Generator().manual_seed(seed)
+
+
+def _set_lr(opt, recipe: Recipe, step: int, n_steps: int) -> None:
+    """Linear warm-up, then cosine decay to 0.1 x the peak."""
+    lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup) * (
+        0.55 + 0.45 * math.cos(math.pi * step / n_steps))
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _ema_step(ema, net, recipe: Recipe, step: int) -> None:
+    decay = min(recipe.ema, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(p, 1.0 - decay)
+        for be, b in zip(ema.buffers(), net.buffers()):
+            be.copy_(b)
+
+
 def train(name: str, out_dir: str | Path | None = None, seed: int = 0, steps: int | None = None,
           threads: int = 1, log: Callable[[str], None] | None = print) -> Path:
     """Train the recipe ``name`` from ``seed``; write ``NAME.safetensors`` and the model card
@@ -194,19 +222,10 @@ def train(name: str, out_dir: str | Path | None = None, seed: int = 0, steps: in
             xt, yt, xv, yv, ae_card = _latent_data(recipe, out)
         else:
             xt, yt, xv, yv = _data(recipe, seed)
-        torch.manual_seed(seed)
-        net = build_net(recipe.net)
-        ema = build_net(recipe.net)
-        ema.load_state_dict(net.state_dict())
-        ema.requires_grad_(False)
-        opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-        g = torch.Generator().manual_seed(seed)
+        net, ema, opt, g = _start(recipe, seed)
         run_loss = None
         for step in range(n_steps):
-            lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup) * (
-                0.55 + 0.45 * math.cos(math.pi * step / n_steps))
-            for group in opt.param_groups:
-                group["lr"] = lr
+            _set_lr(opt, recipe, step, n_steps)
             idx = torch.randint(0, len(xt), (recipe.batch,), generator=g)
             x0 = xt[idx]
             y = None
@@ -220,12 +239,7 @@ def train(name: str, out_dir: str | Path | None = None, seed: int = 0, steps: in
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            decay = min(recipe.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), net.parameters()):
-                    pe.lerp_(p, 1.0 - decay)
-                for be, b in zip(ema.buffers(), net.buffers()):
-                    be.copy_(b)
+            _ema_step(ema, net, recipe, step)
             lv = loss.item()
             run_loss = lv if run_loss is None else 0.99 * run_loss + 0.01 * lv
             if log and (step + 1) % max(1, n_steps // 10) == 0:
@@ -296,20 +310,11 @@ def _train_autoencoder(name: str, recipe: Recipe, out: Path, seed: int, n_steps:
     try:
         t_start = time.perf_counter()
         (xt, _), (xv, _) = data.digits_split()
-        torch.manual_seed(seed)
-        net = build_net(recipe.net)
-        ema = build_net(recipe.net)
-        ema.load_state_dict(net.state_dict())
-        ema.requires_grad_(False)
-        opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-        g = torch.Generator().manual_seed(seed)
+        net, ema, opt, g = _start(recipe, seed)
         dim = float(xt[0].numel())
         run_loss = None
         for step in range(n_steps):
-            lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup) * (
-                0.55 + 0.45 * math.cos(math.pi * step / n_steps))
-            for group in opt.param_groups:
-                group["lr"] = lr
+            _set_lr(opt, recipe, step, n_steps)
             x = xt[torch.randint(0, len(xt), (recipe.batch,), generator=g)]
             mean, logvar = net.encode(x)
             z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g)
@@ -319,10 +324,7 @@ def _train_autoencoder(name: str, recipe: Recipe, out: Path, seed: int, n_steps:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            decay = min(recipe.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), net.parameters()):
-                    pe.lerp_(p, 1.0 - decay)
+            _ema_step(ema, net, recipe, step)
             lv = loss.item()
             run_loss = lv if run_loss is None else 0.99 * run_loss + 0.01 * lv
             if log and (step + 1) % max(1, n_steps // 10) == 0:

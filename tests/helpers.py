@@ -82,3 +82,33 @@ def load_kdiffusion_sampling(pkg: str):
     except ImportError:
         return None
     return mod
+
+
+_MODEL_CACHE: dict = {}
+
+
+def cached_model(name: str):
+    """``load_model(name)``, loaded once per test process."""
+    from samplerbench.models.zoo import load_model
+
+    if name not in _MODEL_CACHE:
+        _MODEL_CACHE[name] = load_model(name)
+    return _MODEL_CACHE[name]
+
+
+def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+class InjectedDraws:
+    """Injected standard-normal draws, one per call, shared by a solver and its peer."""
+
+    def __init__(self, shape, n, seed=7):
+        g = torch.Generator().manual_seed(seed)
+        self.z = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(n)]
+        self.i = 0
+
+    def __call__(self, *args, **kwargs):
+        self.i += 1
+        return self.z[self.i - 1]

@@ -20,34 +20,13 @@ import torch  # noqa: E402
 
 from samplerbench.bench.conformance import ORDER_TOLERANCE  # noqa: E402
 from samplerbench.models.dynamics import ProbabilityFlowODE  # noqa: E402
-from samplerbench.models.zoo import load_model  # noqa: E402
+from helpers import InjectedDraws, cached_model, rel_max  # noqa: E402
 from samplerbench.solvers import Grid, get_solver, initial_noise, make_grid  # noqa: E402
 
-_MODELS: dict = {}
 _REFS: dict = {}
-
-
-def _model(name):
-    if name not in _MODELS:
-        _MODELS[name] = load_model(name)
-    return _MODELS[name]
-
-
-def _rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
-
-
-class _Draws:
-    """Injected standard-normal draws, one per call, shared by the solver and the peer."""
-
-    def __init__(self, shape, n, seed=7):
-        g = torch.Generator().manual_seed(seed)
-        self.z = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(n)]
-        self.i = 0
-
-    def __call__(self, *args, **kwargs):
-        self.i += 1
-        return self.z[self.i - 1]
+_model = cached_model
+_rel = rel_max
+_Draws = InjectedDraws
 
 
 def _grid_of_ratios(den, ratios, final):

@@ -22,33 +22,14 @@ from samplerbench.bench.conformance import ORDER_TOLERANCE
 from samplerbench.models.dynamics import ProbabilityFlowODE
 from samplerbench.models.guidance import guided
 from samplerbench.models.zoo import load_model
+from helpers import InjectedDraws, cached_model, rel_max
 from samplerbench.solvers import get_solver, initial_noise, make_grid, make_noise
 
-_MODELS: dict = {}
 _REFS: dict = {}
-
-
-def _model(name):
-    if name not in _MODELS:
-        _MODELS[name] = load_model(name)
-    return _MODELS[name]
-
-
-def _rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
-
-
-class _Draws:
-    """Injected standard-normal draws, one per call, shared by the solver and the peer."""
-
-    def __init__(self, shape, n, seed=7):
-        g = torch.Generator().manual_seed(seed)
-        self.z = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(n)]
-        self.i = 0
-
-    def __call__(self, *args, **kwargs):
-        self.i += 1
-        return self.z[self.i - 1]
+_MODELS: dict = {}
+_model = cached_model
+_rel = rel_max
+_Draws = InjectedDraws
 
 
 # --- the ComfyUI update, re-derived ---------------------------------------------------------------
