@@ -390,7 +390,8 @@ def latent_pixel_table(df: pd.DataFrame) -> pd.DataFrame:
     space changes which solver wins.  Columns: the solvers in rank group 1 of each model (best
     first, count), whether each model's best solver is in the other model's group 1, and
     Spearman's rank correlation of the solvers' FIDs between the two models with its
-    delete-one-seed-block jackknife se (both models share the seed blocks).  Only solvers with
+    delete-one-seed-block jackknife se (both models share the seed blocks), and the best FID
+    of each with the paired test of their difference on the shared seed blocks.  Only solvers with
     an ok, blocked cell in both models enter; aliases (identical samples) are one solver."""
     ok = headline_cells(df)
     models = list(dict.fromkeys(ok["model"]))
@@ -423,6 +424,10 @@ def latent_pixel_table(df: pd.DataFrame) -> pd.DataFrame:
                                 [_blocks(el[k], "fid")[i] for k in both]) for i in range(nb.pop())]
                 se = stats.jackknife_se(loo) if all(v is not None for v in loo) else None
             shown = 4
+            test = stats.paired(el[bl]["fid"], _blocks(el[bl], "fid"),
+                                ep[bp]["fid"], _blocks(ep[bp], "fid"))
+            best = (f"{_num(test['diff'], test['se'])}"
+                    + ("" if test["p"] is None else f" (p {test['p']:.2g})"))
             rows.append({
                 "pixel model": pix, "latent model": lat, "NFE budget": f"≤ {b}",
                 "solvers": len(both),
@@ -433,6 +438,9 @@ def latent_pixel_table(df: pd.DataFrame) -> pd.DataFrame:
                 "pixel best in latent g1": "yes" if bp in gl else "no",
                 "latent best in pixel g1": "yes" if bl in gp else "no",
                 "rank corr. ± se": "—" if rho is None else _num(rho, se),
+                "best FID pixel / latent": (f"{_num(ep[bp]['fid'], ep[bp].get('fid_se'))} / "
+                                            f"{_num(el[bl]['fid'], el[bl].get('fid_se'))}"),
+                "latent − pixel (best cells, paired)": best,
             })
     return pd.DataFrame(rows)
 
@@ -646,7 +654,9 @@ def write_report(run_dir: str | Path, formats=("md", "csv")) -> Path:
                   "computed on its decoded images with the same feature network. Group 1: the "
                   "solvers no paired test separates from the best cell (best first, count of "
                   "the rest). Rank correlation: Spearman's ρ between the two models' FIDs over "
-                  "the solvers both ran, ± its delete-one-seed-block jackknife se.")
+                  "the solvers both ran, ± its delete-one-seed-block jackknife se. Last column: "
+                  "the best latent cell's FID minus the best pixel cell's, ± the jackknife se "
+                  "of the paired difference on the shared seed blocks, and its p.")
             doc.table(lp, "Latent vs pixel: group 1, whether each best solver is in the other "
                       "model's group 1, and the rank correlation of the solvers' FIDs",
                       index=False)

@@ -224,3 +224,8 @@ def test_latent_pixel_table_compares_group_one_and_rank_correlation():
     assert r["rank corr. ± se"].startswith(f"{rho:.2f}") or r["rank corr. ± se"].startswith(
         f"{rho:.3g}")
     assert "±" in r["rank corr. ± se"]
+    # best cells: latent dpmpp_2m (3.0) vs pixel dpmpp_2m (5.05), paired over the 4 blocks
+    from samplerbench.bench import stats
+    want = stats.paired(3.0, lat["dpmpp_2m"], 5.05, pix["dpmpp_2m"])
+    assert r["latent − pixel (best cells, paired)"].startswith(f"{want['diff']:.3g}"[:4])
+    assert r["best FID pixel / latent"].startswith("5.05")
