@@ -71,8 +71,9 @@ grids: $(STAMP)
 		--rows results/grids/analytic.jsonl --grid-dir results/grids/tuned
 	for c in $(GRID_DIGITS); do \
 		set -- $$(echo $$c | tr _ ' '); \
+		mf=600; [ "$$2" = unipc ] && mf=300; \
 		OMP_NUM_THREADS=1 $(BIN)/samplerbench tune-grid $$1 $$2_$$3 --nfe $${4#nfe} --objective refine \
-			--seeds-cal 64 --seeds-eval 64 --maxfev 600 --out results/grids/digits/tuned/$$c.json --quiet || exit 1; \
+			--seeds-cal 64 --seeds-eval 64 --maxfev $$mf --out results/grids/digits/tuned/$$c.json --quiet || exit 1; \
 		$(BIN)/samplerbench run results/grids/digits/specs/$$c.toml --out results/grids/digits/$$c --quiet || exit 1; \
 		$(BIN)/samplerbench report results/grids/digits/$$c --format md,csv || exit 1; \
 	done
