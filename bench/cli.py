@@ -23,7 +23,7 @@ EXAMPLES = """examples:
   samplerbench sample gmm2d heun --steps 18 --n 512 --out samples.npz
   samplerbench sample gmm64 euler_ancestral --steps 32 --noise brownian --solver-opt eta=0.5 --out x.npz
   samplerbench sample gmm64 dpmpp_2m --steps 10 --grid karras --grid-opt rho=5 --out x.npz
-  samplerbench sample diffusers:./my-ddpm-pipeline --like-diffusers --steps 25 --out x.npz
+  samplerbench sample diffusers:./my-ddim-pipeline --like-diffusers --steps 25 --out x.npz
   samplerbench sample gmm64 euler --steps 4 --grid list --grid-opt values=80,10,1,0.1 \
       --grid-opt space=ratio --x-init z.npy --out x.npz
   samplerbench run --models gmm64 --solvers unipc_bh2 --solver-opt solver_order=3 --steps 8 \

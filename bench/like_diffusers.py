@@ -132,8 +132,13 @@ def _scheduler(cfg: dict):
                         hint="no samplerbench equivalent is mapped for it; choose a SOLVER "
                         "and --grid instead")
     cls = _diffusers_class(name, "SchedulerMixin")
-    with quiet_diffusers():
-        sched = cls.from_config(cfg)
+    try:
+        with quiet_diffusers():
+            sched = cls.from_config(cfg)
+    except (TypeError, ValueError, KeyError, AttributeError, NotImplementedError) as exc:
+        raise UserError("--like-diffusers: scheduler_config.json", name,
+                        hint=f"diffusers' {name} cannot be built from it ({exc}); fix the "
+                        "option's value or type") from None
     defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     for key, default in defaults.items():
@@ -352,9 +357,12 @@ def plan(path, steps: int, denoiser) -> tuple[Plan, object]:
     else:
         try:
             t, final, ts, notes = _vp_points(name, sched, steps, schedule)
-        except ValueError as exc:            # set_timesteps refusing N (e.g. too many steps)
-            raise UserError("--steps", steps, hint=f"{name}.set_timesteps refuses it: "
-                            f"{exc}") from None
+        except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
+            # set_timesteps refusing N (too many steps) or a config value (timestep_spacing)
+            raise UserError("--like-diffusers: --steps / scheduler_config.json",
+                            f"{name}, --steps {steps}", hint=f"{name}.set_timesteps({steps}) "
+                            f"refuses it: {exc}; check --steps and the config's "
+                            "timestep_spacing / steps_offset") from None
     solver, opts, more = _solver(name, sched.config, steps, final)
     grid = _name_grid(schedule, t, final, _candidates(name, sched.config, flow_params))
     params = {k: v for k, v in grid.params.items()}

@@ -279,7 +279,9 @@ def load_edm_pickle(target: str, query: str = "") -> Denoiser:
     carries (:mod:`samplerbench.models.edm_pickle`)."""
     opts = _parse_options(query, ("shape", "sigma_min", "sigma_max", "trust_code"), "edm")
     if not _trust(opts.get("trust_code", "0")):
-        optin = f"edm:{target}?{'&'.join([query, 'trust_code=1'] if query else ['trust_code=1'])}"
+        keep = "&".join(q for q in (query or "").split("&") if q and
+                        not q.startswith("trust_code="))
+        optin = f"edm:{target}?{'&'.join([keep, 'trust_code=1'] if keep else ['trust_code=1'])}"
         try:
             load_weights(target)     # a weights-only reader: it runs nothing
         except UserError as exc:

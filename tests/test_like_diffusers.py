@@ -327,3 +327,25 @@ def test_like_diffusers_needs_a_diffusers_model(tmp_path, capsys):
     assert rc == 2 and "diffusers:PATH" in capsys.readouterr().err
     rc = main(["sample", "gmm64-vp", "--steps", "4", "--out", str(tmp_path / "x.npz")])
     assert rc == 2 and "SOLVER" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("solver_order", "two", "scheduler_config.json"),
+    ("use_karras_sigmas", "yes", "scheduler_config.json"),
+    ("timestep_spacing", "bogus", "timestep_spacing"),
+])
+def test_mistyped_config_values_exit_2(unet_dir, tmp_path, capsys, key, value, needle):
+    """A scheduler config whose values diffusers cannot use (a string order, an unknown
+    spacing) is bad input: one line naming the config, exit 2, no traceback."""
+    import json
+
+    path = _folder(unet_dir, tmp_path, diffusers.DPMSolverMultistepScheduler())
+    cfg_path = path / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg[key] = value
+    cfg_path.write_text(json.dumps(cfg))
+    rc = main(["sample", f"diffusers:{path}", "--like-diffusers", "--steps", "6",
+               "--out", str(tmp_path / "x.npz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err, err
+    assert err.count("\n") == 1
