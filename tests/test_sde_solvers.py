@@ -275,7 +275,10 @@ def test_invalid_parameters_are_named(name, params, match):
 def test_stochastic_solvers_declare_their_numerics():
     for name in STOCHASTIC:
         cls = solver_class(name)
-        assert cls.kind == "sde" and cls.weak_order and cls.stages >= 1, name
         doc = cls.__doc__ or ""
+        assert cls.kind == "sde" and cls.stages >= 1, name
+        # a weak order, or the declared absence of one (lcm, tcd, restart: by design they do not
+        # converge as the steps grow; tests/test_sde_convergence.py checks that they do not)
+        assert cls.weak_order or "no convergence order" in " ".join(doc.lower().split()), name
         assert "NFE" in doc and ("order" in doc) and cls.reference, name
     assert solver_class("ddim").kind == "ode" and not solver_class("ddim").stochastic

@@ -91,7 +91,12 @@ class SASolver(Solver):
     the same draws (tests/test_samplers_more.py).  A node at lambda = -inf (alpha = 0, rectified
     flow at t = 1) and those before it are dropped from the interpolation (the limit of the
     formulas); from alpha = 0 the step is alpha_1 (1 - e^{-kappa h}) x0_hat + ... with h = inf.
-    Only data prediction (diffusers' default) is implemented."""
+    Only data prediction (diffusers' default) is implemented.
+
+    Declared weak order 1: that of its lowest member (p = c = 1 with tau = 1 is an exponential
+    Euler-Maruyama step); Xue et al. prove higher orders for larger p and c under their
+    assumptions, not measured here.  Its N-vs-2N difference on one Brownian path falls as the
+    steps double (tests/test_sde_convergence.py)."""
 
     predictor_order: int = 2
     corrector_order: int = 2
@@ -102,6 +107,7 @@ class SASolver(Solver):
 
     name = "sa_solver"
     kind = "sde"
+    weak_order = 1.0
     stages = 1
     stochastic = True
     infinite_ok = ("tau_sigma_max",)
