@@ -350,34 +350,47 @@ def tune_grid(model: str, solver: str, steps: int | None = None, nfe: int | None
     f_start = _log(cal.value(start_pts))  # the start grid itself
     best = {"f": math.inf, "theta": theta0}
 
+    budget = maxfev or 150 * (param.dim + 1)
+
+    class _Spent(Exception):
+        pass
+
     def tracked(theta):
+        if cal.evals >= budget:              # a hard cap: scipy checks maxfev per iteration
+            raise _Spent
         v = f(theta)
         if v < best["f"]:
             best.update(f=v, theta=np.array(theta, dtype=np.float64))
         return v
 
-    budget = maxfev or 150 * (param.dim + 1)
     rounds = []
     for r in range(2):                              # a restart from the best point
         left = budget - cal.evals
         if left <= param.dim + 1:
             break
         x0 = best["theta"]
-        if optimizer == "nelder-mead":
-            simplex = np.vstack([x0] + [x0 + 0.5 * e for e in np.eye(param.dim)])
-            res = minimize(tracked, x0, method="Nelder-Mead",
-                           options={"initial_simplex": simplex, "maxfev": left // (2 - r),
-                                    "xatol": 1e-3, "fatol": 1e-5})
-        else:
-            res = minimize(tracked, x0, method="Powell",
-                           options={"maxfev": left // (2 - r), "xtol": 1e-3, "ftol": 1e-5})
-        rounds.append({"evaluations": int(res.nfev), "f": float(res.fun),
-                       "message": str(res.message)})
+        before = cal.evals
+        try:
+            if optimizer == "nelder-mead":
+                simplex = np.vstack([x0] + [x0 + 0.5 * e for e in np.eye(param.dim)])
+                res = minimize(tracked, x0, method="Nelder-Mead",
+                               options={"initial_simplex": simplex, "maxfev": left // (2 - r),
+                                        "xatol": 1e-3, "fatol": 1e-5})
+            else:
+                res = minimize(tracked, x0, method="Powell",
+                               options={"maxfev": left // (2 - r), "xtol": 1e-3, "ftol": 1e-5})
+            rounds.append({"evaluations": int(res.nfev), "f": float(res.fun),
+                           "message": str(res.message)})
+        except _Spent:
+            rounds.append({"evaluations": cal.evals - before, "f": float(best["f"]),
+                           "message": "the --maxfev evaluation budget is spent"})
+            break
+    opt_evals, opt_nfe = cal.evals, cal.nfe       # the optimisation's (start grid included)
     tuned_pts = param.points(best["theta"])
     if best["f"] >= f_start:                        # never worse than the start on calibration
         tuned_pts = start_pts
     tune_s = time.perf_counter() - t0
-    log(f"optimised: {cal.evals} evaluations, {cal.nfe} model calls, {tune_s:.1f} s")
+    log(f"optimised: {opt_evals} evaluations, {opt_nfe} model calls, {tune_s:.1f} s")
 
     # calibration and held-out numbers of the start and tuned grids
     cal_start, cal_tuned = cal.per_seed(start_pts), cal.per_seed(tuned_pts)
@@ -406,7 +419,7 @@ def tune_grid(model: str, solver: str, steps: int | None = None, nfe: int | None
                            + ("" if fix_ends else "; last point free in (t_min, previous point)"),
         "fix_ends": fix_ends,
         "optimizer": {"method": optimizer, "on": "log(objective)", "rounds": rounds,
-                      "evaluations": cal.evals, "model_calls": cal.nfe},
+                      "evaluations": opt_evals, "model_calls": opt_nfe},
         "dtype": dtype,
         "seeds_calibration": {"first": cal_seeds[0], "count": seeds_cal},
         "seeds_held_out": {"first": eval_seeds[0], "count": seeds_eval},

@@ -94,6 +94,15 @@ def test_refine_proxy_with_free_end_lowers_reference_error():
     assert ref["tuned"] < 0.75 * ref["start"] and ref["diff"] < -4 * ref["diff_se"]
     v = spec["values"]
     assert v[0] == 80.0 and v[-1] > 0.002 and all(a > b for a, b in zip(v, v[1:]))
+    assert meta["optimizer"]["evaluations"] <= 150          # --maxfev is a hard cap
+
+
+def test_maxfev_is_a_hard_cap():
+    """scipy checks its maxfev once per iteration; the tuner stops at the budget exactly."""
+    spec = tune_grid("gmm2d", "euler", steps=5, seeds_cal=8, seeds_eval=8, maxfev=13)
+    opt = spec["metadata"]["optimizer"]
+    assert opt["evaluations"] <= 13
+    assert sum(r["evaluations"] for r in opt["rounds"]) <= 13
 
 
 @pytest.mark.parametrize("argv, field", [
