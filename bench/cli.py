@@ -240,7 +240,8 @@ def cmd_sample(args) -> int:
                          grid_params=_grid_opts(args.grid_opt),
                          final=args.final if args.final is not None else "zero", n=args.n,
                          seed=args.seed, noise=args.noise, solver_opts=opts, out=args.out,
-                         dtype=args.dtype, device=args.device, x_init=args.x_init, **like)
+                         dtype=args.dtype, device=args.device, x_init=args.x_init,
+                         guidance=args.guidance, **like)
     if "like_diffusers" in info:
         print(info["like_diffusers"].line())
     grid = info["grid"] + "".join(f" {k}={v}" for k, v in info["grid_params"].items()
@@ -454,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--x-init", metavar="Z.npy", help="standard-normal draw z [n, *data_shape] "
                     "instead of the seeded one (x_init = sigma(t_start) z)")
     sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance weight "
+                    "w >= -1 of a class-conditional model (labels (seed + i) mod classes; "
+                    "CFG++ samplers: lambda = 1 + w)")
     sm.add_argument("--noise", default="fresh", choices=["fresh", "brownian"])
     sm.add_argument("--solver-opt", action="append", metavar="KEY=VALUE")
     sm.add_argument("--dtype", default="float32", choices=["float32", "float64"])

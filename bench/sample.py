@@ -60,19 +60,22 @@ def load_x_init(path, n: int | None, data_shape: tuple) -> np.ndarray:
 def draw(model: str, solver: str, steps: int, grid: str = AUTO, final: str = "zero",
          n: int | None = 64, seed: int = 0, noise: str = "fresh",
          solver_opts: dict | None = None, dtype: str = "float32", device: str = "cpu",
-         grid_params: dict | None = None, x_init: str | Path | None = None):
+         grid_params: dict | None = None, x_init: str | Path | None = None,
+         guidance: float | None = None):
     """Sample ``n`` points; returns (x_init, solution, grid), in the ODE state's space (a latent
     model's latents; :func:`sample_to_npz` also writes their images).  ``grid``: a grid name,
     ``"auto"`` (the model's recommended grid, else karras) or ``@FILE.json``; ``grid_params``
     override the file's.  ``x_init``: a .npy file with the standard-normal draw z that replaces
-    the seeded one (x_init = sigma(t_start) z); ``n`` may then be None (z's length)."""
+    the seeded one (x_init = sigma(t_start) z); ``n`` may then be None (z's length).
+    ``guidance``: the classifier-free guidance weight w of a class-conditional model (labels
+    ``(seed + i) mod num_classes``, as in specs); None: unguided."""
     return _draw(model, solver, steps, grid, final, n, seed, noise, solver_opts, dtype, device,
-                 grid_params, x_init)[1:]
+                 grid_params, x_init, guidance=guidance)[1:]
 
 
 def _draw(model, solver, steps, grid=AUTO, final="zero", n=64, seed=0, noise="fresh",
           solver_opts=None, dtype="float32", device="cpu", grid_params=None, x_init=None,
-          like_diffusers=False):
+          like_diffusers=False, guidance=None):
     """:func:`draw`, and the loaded model first: (denoiser, x_init, solution, grid).  With
     ``like_diffusers`` (a ``diffusers:PATH`` model, no solver, grid, final or options given) the
     solver, grid and final are those of :mod:`samplerbench.bench.like_diffusers`; the plan is
@@ -103,12 +106,30 @@ def _draw(model, solver, steps, grid=AUTO, final="zero", n=64, seed=0, noise="fr
     z = None if x_init is None else load_x_init(x_init, n, den.data_shape)
     n = n if z is None else z.shape[0]
     seeds = sample_seeds(seed, n)
+    if guidance is not None:
+        den = _guided(den, model, guidance, seeds)
     z = initial_noise(seeds, den.data_shape) if z is None else torch.from_numpy(z)
     x0 = (z * float(den.schedule.sigma(g.t_start))).to(device=dev, dtype=DTYPES[dtype])
     src = make_noise(noise, seeds, den.data_shape, g, dtype=x0.dtype, device=dev) \
         if s.stochastic else None
     sol = s.solve(s.make_dynamics(den), x0, g, src)
     return den, x0, sol, g
+
+
+def _guided(den, model, w, seeds):
+    """``den`` under classifier-free guidance weight ``w`` (the spec's rule: w >= -1, labels
+    ``(seed + i) mod num_classes``)."""
+    import math
+
+    from samplerbench.models.guidance import class_labels, guided
+
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not -1 <= w < math.inf:
+        raise UserError("--guidance", w, hint="a classifier-free guidance weight w >= -1 "
+                        "(0 = conditional, -1 = unconditional)")
+    if not getattr(den, "num_classes", None):
+        raise UserError("--guidance", w, hint=f"model {model!r} is not class-conditional "
+                        "(no num_classes); drop --guidance")
+    return guided(den, float(w), class_labels(seeds, den.num_classes))
 
 
 def _like_diffusers(model, solver, steps, grid, final, solver_opts, grid_params):
@@ -163,7 +184,8 @@ def sample_to_npz(model, solver, steps, out, **kw) -> dict:
                  x=sol.x.detach().cpu().double().numpy(), t=g.t.numpy(), nfe=np.int64(sol.nfe),
                  forward_passes=np.int64(sol.forward_passes), status=np.str_(sol.status),
                  grid=np.str_(g.name), grid_params=np.str_(json.dumps(g.params, default=str)),
-                 grid_requested=np.str_(requested))
+                 grid_requested=np.str_(requested),
+                 guidance=np.float64(np.nan if kw.get("guidance") is None else kw["guidance"]))
     info = {"n": x_init.shape[0], "nfe": sol.nfe, "status": sol.status, "grid": g.name,
             "grid_params": g.params, "decoded": "images" in extra}
     if kw.get("like_diffusers"):

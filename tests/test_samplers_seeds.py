@@ -375,3 +375,30 @@ def test_spec_guidance_reaches_cfg_pp_range():
     assert parse_spec({**raw, "guidance": [-1.0, -0.4, 0.0]}).guidance == [-1.0, -0.4, 0.0]
     with pytest.raises(UserError, match="guidance"):
         parse_spec({**raw, "guidance": [-1.5]})
+
+
+def test_sample_guidance_option(tmp_path, capsys):
+    """``sample --guidance W``: one guided evaluation per NFE (2 forward passes); at w = -1
+    (CFG++'s lambda = 0) euler_cfg_pp is the unconditional model's ddim; an unconditional model
+    or w < -1 exits 2 naming --guidance."""
+    import numpy as np
+
+    from samplerbench.bench.cli import main
+
+    def run(solver, w, out):
+        assert main(["sample", "digits-cond-rf", solver, "--steps", "4", "--n", "3",
+                     "--guidance", str(w), "--dtype", "float64", "--out", str(out)]) == 0
+        return np.load(out)
+
+    a = run("euler_cfg_pp", -1, tmp_path / "a.npz")
+    b = run("ddim", -1, tmp_path / "b.npz")
+    c = run("ddim", 2, tmp_path / "c.npz")
+    assert int(a["nfe"]) == 4 and int(a["forward_passes"]) == 8 and float(a["guidance"]) == -1
+    assert np.abs(a["x"] - b["x"]).max() <= 1e-10 * np.abs(b["x"]).max()
+    assert np.abs(c["x"] - b["x"]).max() > 1e-2                  # guidance changes the samples
+    capsys.readouterr()
+    for argv in (["digits-rf", "ddim", "--guidance", "1"],
+                 ["digits-cond-rf", "ddim", "--guidance", "-2"]):
+        assert main(["sample", *argv, "--steps", "2", "--out", str(tmp_path / "x.npz")]) == 2
+        err = capsys.readouterr().err
+        assert "--guidance" in err and "Traceback" not in err
