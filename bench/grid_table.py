@@ -86,7 +86,10 @@ def markdown(entries: list[dict], metric: str = "fid", baseline: str = "karras")
         lines += [f"### {model}", "",
                   f"_{metric} ± se over seed blocks; `vs {baseline}`: paired difference ± se "
                   f"(same seeds) and its two-sided p; g: rank group among the grids of the same "
-                  f"solver and NFE.{floor}_", "",
+                  f"solver and NFE (group 1: the best cell and every cell a paired test does not "
+                  f"separate from it; the best cell left opens the next group; a cell with the "
+                  f"higher {metric} can be in the better group when its paired difference to the "
+                  f"group's best is the noisier one).{floor}_", "",
                   f"| solver | NFE | grid | {metric} | vs {baseline} | p | g |",
                   "|---|---|---|---|---|---|---|"]
         for e in es:
