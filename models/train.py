@@ -189,6 +189,23 @@ def _ema_step(ema, net, recipe: Recipe, step: int) -> None:
             be.copy_(b)
 
 
+def _update(opt, loss, ema, net, recipe: Recipe, step: int, run_loss):
+    """One optimiser step and EMA update; returns the running mean of the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    _ema_step(ema, net, recipe, step)
+    lv = loss.item()
+    return lv if run_loss is None else 0.99 * run_loss + 0.01 * lv
+
+
+def _progress(log, name: str, step: int, n_steps: int, run_loss: float, t_start: float,
+              digits: int) -> None:
+    if log and (step + 1) % max(1, n_steps // 10) == 0:
+        log(f"{name}: step {step + 1}/{n_steps} loss {run_loss:.{digits}f} "
+            f"({time.perf_counter() - t_start:.0f} s)")
+
+
 def train(name: str, out_dir: str | Path | None = None, seed: int = 0, steps: int | None = None,
           threads: int = 1, log: Callable[[str], None] | None = print) -> Path:
     """Train the recipe ``name`` from ``seed``; write ``NAME.safetensors`` and the model card
@@ -236,15 +253,8 @@ def train(name: str, out_dir: str | Path | None = None, seed: int = 0, steps: in
             t = _draw_t(recipe, recipe.batch, g)
             eps = torch.randn(x0.shape, generator=g)
             loss = _loss(net, recipe, sched, x0, y, t, eps).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            _ema_step(ema, net, recipe, step)
-            lv = loss.item()
-            run_loss = lv if run_loss is None else 0.99 * run_loss + 0.01 * lv
-            if log and (step + 1) % max(1, n_steps // 10) == 0:
-                log(f"{name}: step {step + 1}/{n_steps} loss {run_loss:.4f} "
-                    f"({time.perf_counter() - t_start:.0f} s)")
+            run_loss = _update(opt, loss, ema, net, recipe, step, run_loss)
+            _progress(log, name, step, n_steps, run_loss, t_start, 4)
         val = _val_loss(ema, recipe, sched, xv, yv)
         train_s = time.perf_counter() - t_start
     finally:
@@ -321,15 +331,8 @@ def _train_autoencoder(name: str, recipe: Recipe, out: Path, seed: int, n_steps:
             rec = (net.decode(z) - x).pow(2).mean()
             kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
             loss = rec + beta * kl / dim
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            _ema_step(ema, net, recipe, step)
-            lv = loss.item()
-            run_loss = lv if run_loss is None else 0.99 * run_loss + 0.01 * lv
-            if log and (step + 1) % max(1, n_steps // 10) == 0:
-                log(f"{name}: step {step + 1}/{n_steps} loss {run_loss:.5f} "
-                    f"({time.perf_counter() - t_start:.0f} s)")
+            run_loss = _update(opt, loss, ema, net, recipe, step, run_loss)
+            _progress(log, name, step, n_steps, run_loss, t_start, 5)
         with torch.no_grad():
             mt, _ = ema.encode(xt)
             mv, lvv = ema.encode(xv)
