@@ -119,13 +119,9 @@ def _draw(model, solver, steps, grid=AUTO, final="zero", n=64, seed=0, noise="fr
 def _guided(den, model, w, seeds):
     """``den`` under classifier-free guidance weight ``w`` (the spec's rule: w >= -1, labels
     ``(seed + i) mod num_classes``)."""
-    import math
+    from samplerbench.models.guidance import check_weight, class_labels, guided
 
-    from samplerbench.models.guidance import class_labels, guided
-
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not -1 <= w < math.inf:
-        raise UserError("--guidance", w, hint="a classifier-free guidance weight w >= -1 "
-                        "(0 = conditional, -1 = unconditional)")
+    w = check_weight(w, "--guidance")
     if not getattr(den, "num_classes", None):
         raise UserError("--guidance", w, hint=f"model {model!r} is not class-conditional "
                         "(no num_classes); drop --guidance")

@@ -55,7 +55,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -283,13 +282,9 @@ def parse_spec(raw: dict, default_name: str = "adhoc", base=None) -> Spec:
             raise UserError("noise", n, NOISE_MODES)
     guidance = [None]
     if "guidance" in raw:
-        guidance = _list(raw, "guidance")
-        for w in guidance:
-            # w >= -1: -1 is the unconditional half, [-1, 0] CFG++'s scale lambda = 1 + w in [0, 1]
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not -1 <= w < math.inf:
-                raise UserError("guidance", w, hint="classifier-free guidance weights w >= -1 "
-                                "(0 = conditional, -1 = unconditional), e.g. [0.0, 1.0, 3.0]")
-        guidance = [float(w) for w in guidance]
+        from samplerbench.models.guidance import check_weight
+
+        guidance = [check_weight(w) for w in _list(raw, "guidance")]
     dtype = _list(raw, "dtype", ["float32"])
     for d in dtype:
         if d not in DTYPES + ("native",):

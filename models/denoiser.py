@@ -13,6 +13,8 @@ from samplerbench.models.schedules import Schedule
 
 Tensor = torch.Tensor
 
+UNCOND_KEY = "cfg_uncond"   # cond key of a guided call that also returns the unconditional half
+
 
 class Denoiser(torch.nn.Module):
     """Base class: maps noisy x [B, *data_shape] at per-sample times t [B] to the x0 estimate.
@@ -207,7 +209,7 @@ class CountingDenoiser(DenoiserWrapper):
         d = self.__dict__
         d["nfe"] += 1
         # a guided call that also returns the unconditional half (CFG++) always runs both
-        d["forward_passes"] += 2 if cond.get("cfg_uncond") else d["forward_passes_per_call"]
+        d["forward_passes"] += 2 if cond.get(UNCOND_KEY) else d["forward_passes_per_call"]
         return d["_call_inner"](x, t, **cond)
 
     def reset(self) -> None:

@@ -44,17 +44,8 @@ class _Dynamics(torch.nn.Module):
 
     def denoise(self, t, x: Tensor) -> Tensor:
         """x0_hat = D(x, t); 1 NFE.  ``t`` is a scalar or per-sample [B]."""
-        if isinstance(t, (float, int)):
-            # the per-sample time vector of a scalar time is built once per (t, batch, dtype)
-            # (inline here rather than ``_tv``: this is the hot path of every solver)
-            key = (float(t), x.shape[0], x.dtype, x.device)
-            tv = self._tvec.get(key)
-            if tv is None:
-                tv = self._tv(t, x)
-        else:
-            tv = self._t(t, x).to(x.dtype)
         # the counting wrapper is ours and has no hooks: call its forward directly
-        return self.denoiser.forward(x, tv, **self.cond)
+        return self.denoiser.forward(x, self._tv(t, x), **self.cond)
 
     @property
     def guided(self) -> bool:

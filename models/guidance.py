@@ -29,12 +29,19 @@ from typing import Sequence
 
 import torch
 
-from samplerbench.models.denoiser import Denoiser, DenoiserWrapper
+from samplerbench.models.denoiser import UNCOND_KEY, Denoiser, DenoiserWrapper  # noqa: F401
 from samplerbench.models.errors import UserError
 
 Tensor = torch.Tensor
 
-UNCOND_KEY = "cfg_uncond"      # cond key: also return the unconditional half (see above)
+
+def check_weight(w, field: str = "guidance") -> float:
+    """A classifier-free guidance weight w >= -1 (0 = conditional, -1 = unconditional; CFG++'s
+    scale lambda = 1 + w), as a float; anything else is a ``UserError`` naming ``field``."""
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not -1 <= w < math.inf:
+        raise UserError(field, w, hint="classifier-free guidance weights w >= -1 "
+                        "(0 = conditional, -1 = unconditional), e.g. 0.0, 1.0, 3.0")
+    return float(w)
 
 
 def provides_uncond(den) -> bool:
